@@ -1,0 +1,1 @@
+"""The agent: configuration, listeners, and the services and checks it owns."""

@@ -1,0 +1,199 @@
+# -*- test-case-name: txconsul.test.agent.test_agent -*-
+"""
+The agent: one MultiService holding the state, the log and the listeners.
+
+Construction only wires objects together; ports are bound and the data
+directory is read in ``startService``. ``when_ready()`` fires once the agent
+has registered its own node (and, on a server, the ``consul`` service) and the
+definitions of its config files.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import uuid
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IReactorTCP, IReactorTime
+from twisted.logger import Logger
+from twisted.web.server import Site
+
+from txconsul import CONSUL_VERSION, __version__
+from txconsul.agent.listeners import TCPListener
+from txconsul.agent.local import LocalState
+from txconsul.config import AgentConfig
+from txconsul.http.app import HTTPApi
+from txconsul.raft.single import SingleNodeLog
+from txconsul.state.fsm import FSM
+from txconsul.state.store import StateStore
+
+SERF_HEALTH = {
+    "CheckID": "serfHealth",
+    "Name": "Serf Health Status",
+    "Status": "passing",
+    "Output": "Agent alive and reachable",
+    "ServiceID": "",
+    "Notes": "",
+}
+
+
+class APISite(Site):
+    """A Site without the per-request access log line."""
+
+    displayTracebacks = False
+
+    def log(self, request: Any) -> None:
+        pass
+
+
+class Agent(MultiService):
+    """One txconsul agent."""
+
+    log = Logger()
+
+    def __init__(self, config: AgentConfig, reactor: Any, rng: random.Random | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.reactor = reactor
+        clock: IReactorTime = reactor
+        tcp: IReactorTCP = reactor
+        self.rng = rng if rng is not None else random.Random()
+        self.node_id = config.node_id
+        self.store = StateStore()
+        self.fsm = FSM(self.store)
+        self.consensus = SingleNodeLog(self.fsm, config.rpc_address)
+        self.local = LocalState(self, clock)
+        self.http_api = HTTPApi(self, clock, self.rng)
+        self.http = TCPListener(
+            tcp, APISite(self.http_api.resource()), config.ports["http"], config.client_addr
+        )
+        self.http.setName("http")
+        self.http.setServiceParent(self)
+        self._ready = False
+        self._waiting: list[Deferred[None]] = []
+
+    def when_ready(self) -> Deferred[None]:
+        """Fires once the agent's own registrations are in the catalog."""
+        d: Deferred[None] = Deferred()
+        if self._ready:
+            d.callback(None)
+        else:
+            self._waiting.append(d)
+        return d
+
+    def _became_ready(self) -> None:
+        self._ready = True
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.callback(None)
+
+    def startService(self) -> None:
+        self.node_id = self.node_id or self._load_node_id()
+        super().startService()
+        d = self._register_self()
+        d.addCallback(lambda _: self.local.load(self.config.services, self.config.checks))
+        d.addCallback(lambda _: self._became_ready())
+
+        def failed(f: Any) -> None:
+            self.log.failure("the agent could not register itself", f)
+
+        d.addErrback(failed)
+        self.log.info(
+            "txconsul {version} agent {node} in {dc} ({mode}) serving HTTP on {addr}",
+            version=__version__,
+            node=self.config.node_name,
+            dc=self.config.datacenter,
+            mode="server" if self.config.server else "client",
+            addr="%s:%d" % self.http.address(),
+        )
+
+    def stopService(self) -> Deferred[Any]:
+        self.local.stop()
+        d: Deferred[Any] = super().stopService()
+        return d
+
+    def _load_node_id(self) -> str:
+        """The node's UUID, kept in ``data_dir/node-id`` so it survives restarts."""
+        data_dir = self.config.data_dir
+        if data_dir is None:
+            return str(uuid.uuid4())
+        os.makedirs(data_dir, exist_ok=True)
+        path = os.path.join(data_dir, "node-id")
+        try:
+            with open(path, encoding="ascii") as f:
+                text = f.read().strip()
+            return str(uuid.UUID(text))
+        except (OSError, ValueError):
+            node_id = str(uuid.uuid4())
+            with open(path, "w", encoding="ascii") as f:
+                f.write(node_id)
+            return node_id
+
+    # -- this node in the catalog -----------------------------------------------------
+
+    def node_registration(self) -> dict[str, Any]:
+        """The node part of a catalog registration of this agent."""
+        addr = self.config.advertise
+        return {
+            "ID": self.node_id,
+            "Node": self.config.node_name,
+            "Address": addr,
+            "Datacenter": self.config.datacenter,
+            "TaggedAddresses": {"lan": addr, "lan_ipv4": addr, "wan": addr, "wan_ipv4": addr},
+            "NodeMeta": {"consul-network-segment": "", **self.config.node_meta},
+        }
+
+    def _register_self(self) -> Deferred[Any]:
+        request = self.node_registration()
+        request["Checks"] = [SERF_HEALTH]
+        request["Service"] = None
+        if self.config.server:
+            request["Service"] = {
+                "ID": "consul",
+                "Service": "consul",
+                "Tags": [],
+                "Port": self.config.ports["server"],
+            }
+        return DeferredList(
+            [self.consensus.apply({"Type": "register", "Request": request})],
+            fireOnOneErrback=True,
+            consumeErrors=True,
+        )
+
+    # -- membership (only this agent until gossip lands) -------------------------------
+
+    def member(self) -> dict[str, Any]:
+        """This agent as a gossip member."""
+        c = self.config
+        tags = {
+            "role": "consul" if c.server else "node",
+            "dc": c.datacenter,
+            "segment": "",
+            "id": self.node_id,
+            "vsn": "2",
+            "vsn_min": "2",
+            "vsn_max": "3",
+            "build": f"{CONSUL_VERSION}:txconsul",
+        }
+        if c.server:
+            tags["port"] = str(c.ports["server"])
+            if c.bootstrap_expect:
+                tags["expect"] = str(c.bootstrap_expect)
+            elif c.dev:
+                tags["bootstrap"] = "1"
+        return {
+            "Name": c.node_name,
+            "Addr": c.advertise,
+            "Port": c.ports["serf_lan"],
+            "Tags": tags,
+            "Status": 1,
+            "ProtocolMin": 1,
+            "ProtocolMax": 5,
+            "ProtocolCur": 2,
+            "DelegateMin": 2,
+            "DelegateMax": 5,
+            "DelegateCur": 4,
+        }

@@ -1,0 +1,291 @@
+# -*- test-case-name: txconsul.test.test_config -*-
+"""
+Agent configuration: Consul's JSON config files and flags, merged and checked.
+
+Files from ``-config-file`` and every ``*.json`` of ``-config-dir`` (in name
+order) are merged, later ones winning for single values and appending to
+lists; flags given on the command line win over all files. Anything that
+cannot be used raises ``ConfigError`` naming the file and the problem, and the
+agent refuses to start.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import json
+import os
+import re
+import socket
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from txconsul.agent.definitions import (
+    CheckDefinition,
+    ServiceDefinition,
+    parse_check,
+    parse_service,
+)
+from txconsul.errors import BadRequest, ConfigError
+
+DEFAULT_PORTS = {
+    "http": 8500,
+    "dns": 8600,
+    "serf_lan": 8301,
+    "serf_wan": 8302,
+    "server": 8300,
+}
+
+# Keys whose values are lists: several files add to them instead of replacing.
+_LIST_KEYS = {"services", "checks", "retry_join", "start_join", "recursors", "retry_join_wan"}
+_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+_NODE = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+@attrs.frozen
+class AgentConfig:
+    """Everything the agent needs to start, already checked."""
+
+    dev: bool = False
+    server: bool = False
+    datacenter: str = "dc1"
+    node_name: str = ""
+    node_id: str = ""
+    client_addr: str = "127.0.0.1"
+    bind_addr: str = "127.0.0.1"
+    advertise_addr: str = ""
+    ports: Mapping[str, int] = attrs.field(factory=lambda: dict(DEFAULT_PORTS))
+    data_dir: str | None = None
+    join: tuple[str, ...] = ()
+    retry_join: tuple[str, ...] = ()
+    bootstrap_expect: int = 0
+    encrypt: str | None = None
+    ui: bool = False
+    log_level: str = "INFO"
+    domain: str = "consul."
+    recursors: tuple[str, ...] = ()
+    node_meta: Mapping[str, str] = attrs.field(factory=dict)
+    kv_max_value_size: int = 512 * 1024
+    services: tuple[ServiceDefinition, ...] = ()
+    checks: tuple[CheckDefinition, ...] = ()
+    raw: Mapping[str, Any] = attrs.field(factory=dict)
+
+    @property
+    def advertise(self) -> str:
+        """The address other agents and clients reach this one at."""
+        return self.advertise_addr or self.bind_addr
+
+    @property
+    def rpc_address(self) -> str:
+        return f"{self.advertise}:{self.ports['server']}"
+
+
+def _merge(into: dict[str, Any], new: Mapping[str, Any]) -> None:
+    for key, value in new.items():
+        if key in ("service", "check"):
+            into.setdefault(key + "s", []).append(value)
+        elif key in _LIST_KEYS and isinstance(value, list):
+            into.setdefault(key, []).extend(value)
+        elif isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        elif isinstance(value, Mapping):
+            into[key] = {}
+            _merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """One JSON config file as a dict, or ConfigError naming the file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from e
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a JSON object")
+    return data
+
+
+def config_files(files: Sequence[str], dirs: Sequence[str]) -> list[str]:
+    """The files to read, in the order they are merged."""
+    out = list(files)
+    for d in dirs:
+        try:
+            names = sorted(os.listdir(d))
+        except OSError as e:
+            raise ConfigError(f"{d}: cannot read config directory: {e.strerror}") from e
+        for name in names:
+            path = os.path.join(d, name)
+            if name.endswith(".json") and os.path.isfile(path):
+                out.append(path)
+            elif name.endswith(".hcl"):
+                raise ConfigError(f"{path}: HCL config files are not supported; use JSON")
+    return out
+
+
+def _type(raw: Mapping[str, Any], key: str, kind: type | tuple[type, ...], what: str) -> Any:
+    value = raw[key]
+    if isinstance(value, bool) and kind in (int, (int,)):
+        raise ConfigError(f"{what}: {key} must be a number, not {value!r}")
+    if not isinstance(value, kind):
+        names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+        raise ConfigError(f"{what}: {key} must be a {names}, not {value!r}")
+    return value
+
+
+def _address(value: str, key: str, what: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ConfigError(f"{what}: {key} {value!r} is not an IP address") from None
+    return value
+
+
+def _port(value: object, key: str, what: str, allow_off: bool = False) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{what}: port {key} must be a number, not {value!r}")
+    low = -1 if allow_off else 0
+    if not low <= value <= 65535:
+        raise ConfigError(f"{what}: port {key} {value} is out of range")
+    return value
+
+
+def _join_address(value: object, key: str, what: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{what}: {key} entries must be addresses, not {value!r}")
+    host, _, port = value.rpartition(":") if value.count(":") == 1 else (value, "", "")
+    if port and not port.isdigit():
+        raise ConfigError(f"{what}: {key} {value!r} has a bad port")
+    return value
+
+
+def build(raw: Mapping[str, Any], what: str = "configuration") -> AgentConfig:
+    """Check a merged configuration and turn it into an AgentConfig."""
+    kw: dict[str, Any] = {"raw": dict(raw)}
+    dev = bool(raw.get("dev"))
+    kw["dev"] = dev
+    if "server" in raw:
+        kw["server"] = bool(_type(raw, "server", bool, what))
+    if dev:
+        kw["server"] = True
+    if "datacenter" in raw:
+        dc = _type(raw, "datacenter", str, what)
+        if not _NAME.match(dc):
+            raise ConfigError(f"{what}: datacenter {dc!r} may only hold letters, digits, - and _")
+        kw["datacenter"] = dc.lower()
+    node = raw.get("node_name") or socket.gethostname()
+    if not isinstance(node, str) or not _NODE.match(node):
+        raise ConfigError(f"{what}: node_name {node!r} is not a valid node name")
+    kw["node_name"] = node
+    if "node_id" in raw:
+        kw["node_id"] = _type(raw, "node_id", str, what)
+    for key in ("client_addr", "bind_addr", "advertise_addr"):
+        if raw.get(key):
+            kw[key] = _address(_type(raw, key, str, what), key, what)
+    ports = dict(DEFAULT_PORTS)
+    if "ports" in raw:
+        given = _type(raw, "ports", dict, what)
+        for name, value in given.items():
+            if name not in DEFAULT_PORTS and name not in ("https", "grpc", "grpc_tls"):
+                raise ConfigError(f"{what}: unknown port {name!r}")
+            ports[name] = _port(value, name, what, allow_off=name in ("dns", "https", "grpc"))
+    kw["ports"] = ports
+    if raw.get("data_dir"):
+        kw["data_dir"] = _type(raw, "data_dir", str, what)
+    elif not dev:
+        raise ConfigError(f"{what}: data_dir is required unless -dev is given")
+    join = [_join_address(v, "join", what) for v in raw.get("start_join", [])]
+    kw["join"] = tuple(join)
+    kw["retry_join"] = tuple(
+        _join_address(v, "retry_join", what) for v in raw.get("retry_join", [])
+    )
+    if "bootstrap_expect" in raw:
+        n = _type(raw, "bootstrap_expect", int, what)
+        if n < 0:
+            raise ConfigError(f"{what}: bootstrap_expect must not be negative")
+        if n and not kw.get("server"):
+            raise ConfigError(f"{what}: bootstrap_expect needs server mode")
+        kw["bootstrap_expect"] = n
+    if raw.get("encrypt"):
+        key = _type(raw, "encrypt", str, what)
+        try:
+            decoded = base64.b64decode(key, validate=True)
+        except (binascii.Error, ValueError):
+            raise ConfigError(f"{what}: encrypt is not valid base64") from None
+        if len(decoded) not in (16, 24, 32):
+            raise ConfigError(
+                f"{what}: encrypt must be a 16, 24 or 32 byte key, not {len(decoded)} bytes"
+            )
+        kw["encrypt"] = key
+    ui = raw.get("ui", False)
+    if isinstance(raw.get("ui_config"), dict) and "enabled" in raw["ui_config"]:
+        ui = raw["ui_config"]["enabled"]
+    if not isinstance(ui, bool):
+        raise ConfigError(f"{what}: ui must be true or false")
+    kw["ui"] = ui or dev
+    if "log_level" in raw:
+        level = _type(raw, "log_level", str, what).upper()
+        if level not in ("TRACE", "DEBUG", "INFO", "WARN", "ERR", "ERROR"):
+            raise ConfigError(f"{what}: unknown log_level {raw['log_level']!r}")
+        kw["log_level"] = level
+    if "domain" in raw:
+        domain = _type(raw, "domain", str, what).strip(".")
+        kw["domain"] = domain + "."
+    if "recursors" in raw:
+        kw["recursors"] = tuple(_join_address(v, "recursors", what) for v in raw["recursors"])
+    if "node_meta" in raw:
+        meta = _type(raw, "node_meta", dict, what)
+        if not all(isinstance(v, str) for v in meta.values()):
+            raise ConfigError(f"{what}: node_meta values must be strings")
+        kw["node_meta"] = dict(meta)
+    if "kv_max_value_size" in raw:
+        kw["kv_max_value_size"] = _type(raw, "kv_max_value_size", int, what)
+    services = []
+    for i, body in enumerate(raw.get("services", [])):
+        try:
+            services.append(parse_service(body, f"services[{i}]"))
+        except BadRequest as e:
+            raise ConfigError(f"{what}: service definition {i}: {e}") from None
+    kw["services"] = tuple(services)
+    checks = []
+    for i, body in enumerate(raw.get("checks", [])):
+        try:
+            checks.append(parse_check(body, f"checks[{i}]"))
+        except BadRequest as e:
+            raise ConfigError(f"{what}: check definition {i}: {e}") from None
+    kw["checks"] = tuple(checks)
+    return AgentConfig(**kw)
+
+
+def load(
+    flags: Mapping[str, Any], files: Sequence[str] = (), dirs: Sequence[str] = ()
+) -> AgentConfig:
+    """
+    Read the config files, merge them in order, let ``flags`` win, and check it all.
+
+    Each file is checked alone as well as merged, so an error names the file
+    that holds it.
+    """
+    merged: dict[str, Any] = {}
+    if flags.get("dev"):
+        merged["dev"] = True
+    for path in config_files(files, dirs):
+        data = read_config_file(path)
+        alone: dict[str, Any] = {"dev": True}
+        _merge(alone, data)
+        build(alone, path)
+        _merge(merged, data)
+    for key, value in flags.items():
+        if key in _LIST_KEYS:
+            merged.setdefault(key, []).extend(value)
+        elif key == "ports":
+            merged.setdefault("ports", {}).update(value)
+        else:
+            merged[key] = value
+    return build(merged)

@@ -1,0 +1,1 @@
+"""The Consul HTTP API, one module per endpoint family, mounted by ``app``."""

@@ -1,0 +1,186 @@
+# -*- test-case-name: txconsul.test.http.test_agent -*-
+"""
+``/v1/agent/*``: this agent's own view, services and checks.
+
+These endpoints are local to the agent: no ``dc``, no index headers. A
+registration is written to the catalog before the call returns.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from klein import Klein
+from twisted.internet.defer import Deferred
+from twisted.web.iweb import IRequest
+
+from txconsul import CONSUL_VERSION
+from txconsul.agent.definitions import (
+    CHECK_STATES,
+    ServiceDefinition,
+    folded,
+    parse_check,
+    parse_service,
+)
+from txconsul.errors import BadRequest, NotFound
+from txconsul.http.app import arg, flag, read_json, router
+
+if TYPE_CHECKING:
+    from txconsul.http.app import HTTPApi
+
+
+def agent_service(service: ServiceDefinition, datacenter: str) -> dict[str, Any]:
+    """A service as /v1/agent/services shows it."""
+    out: dict[str, Any] = {}
+    if service.kind:
+        out["Kind"] = service.kind
+    out.update(
+        {
+            "ID": service.service_id,
+            "Service": service.name,
+            "Tags": list(service.tags),
+            "Meta": dict(service.meta),
+            "Port": service.port,
+            "Address": service.address,
+        }
+    )
+    if service.tagged_addresses:
+        out["TaggedAddresses"] = {
+            n: {"Address": a, "Port": p} for n, a, p in service.tagged_addresses
+        }
+    out["Weights"] = {"Passing": service.weights[0], "Warning": service.weights[1]}
+    out["EnableTagOverride"] = service.enable_tag_override
+    out["Datacenter"] = datacenter
+    return out
+
+
+def install(app: Klein, api: HTTPApi) -> None:
+    route = router(app, "agent")
+    agent = api.agent
+    local = agent.local
+
+    def check_rows() -> dict[str, Any]:
+        node = agent.config.node_name
+        in_catalog = api.store.catalog.checks.get(node, {})
+        out = {}
+        for cid in sorted(local.checks):
+            row = in_catalog.get(cid)
+            if row is None:
+                state = local.checks[cid]
+                row = dict(state.catalog_row(), Node=node, ServiceName="", ServiceTags=[])
+            out[cid] = row
+        return out
+
+    @route("/v1/agent/self", methods=["GET"])
+    def self_(request: IRequest) -> bytes:
+        c = agent.config
+        consensus = agent.consensus
+        leader = consensus.leader_address()
+        body = {
+            "Config": {
+                "Datacenter": c.datacenter,
+                "PrimaryDatacenter": c.datacenter,
+                "NodeName": c.node_name,
+                "NodeID": agent.node_id,
+                "Revision": "txconsul",
+                "Server": c.server,
+                "Version": CONSUL_VERSION,
+            },
+            "DebugConfig": {},
+            "Coord": {"Vec": [0.0] * 8, "Error": 1.5, "Adjustment": 0.0, "Height": 1e-05},
+            "Member": agent.member(),
+            "Stats": {
+                "consul": {
+                    "server": str(c.server).lower(),
+                    "leader": str(consensus.is_leader() and c.server).lower(),
+                    "leader_addr": leader,
+                    "bootstrap": "false",
+                    "known_datacenters": "1",
+                    "acl": "disabled",
+                },
+                "agent": {"checks": str(len(local.checks)), "services": str(len(local.services))},
+                "raft": {},
+                "serf_lan": {},
+                "runtime": {},
+                "build": {"version": CONSUL_VERSION, "revision": "txconsul"},
+            },
+            "Meta": {"consul-network-segment": ""},
+            "xDS": {"SupportedProxies": {}, "Port": -1, "Ports": {"Plaintext": -1, "TLS": -1}},
+        }
+        return api.json(request, body)
+
+    @route("/v1/agent/members", methods=["GET"])
+    def members(request: IRequest) -> bytes:
+        if flag(request, b"wan"):
+            if not agent.config.server:
+                return api.json(request, [])
+            member = agent.member()
+            member["Name"] = f"{agent.config.node_name}.{agent.config.datacenter}"
+            member["Port"] = agent.config.ports["serf_wan"]
+            return api.json(request, [member])
+        return api.json(request, [agent.member()])
+
+    @route("/v1/agent/services", methods=["GET"])
+    def services(request: IRequest) -> bytes:
+        dc = agent.config.datacenter
+        return api.json(
+            request,
+            {sid: agent_service(local.services[sid], dc) for sid in sorted(local.services)},
+        )
+
+    @route("/v1/agent/service/<path:sid>", methods=["GET"])
+    def service(request: IRequest, sid: str) -> bytes:
+        svc = local.services.get(sid)
+        if svc is None:
+            raise NotFound(f"unknown service ID: {sid}")
+        body = agent_service(svc, agent.config.datacenter)
+        body["ContentHash"] = "%016x" % (hash(svc) & 0xFFFFFFFFFFFFFFFF)
+        return api.json(request, body)
+
+    @route("/v1/agent/checks", methods=["GET"])
+    def checks(request: IRequest) -> bytes:
+        return api.json(request, check_rows())
+
+    @route("/v1/agent/service/register", methods=["PUT", "POST"])
+    def register_service(request: IRequest) -> Deferred[bytes]:
+        svc = parse_service(read_json(request))
+        replace = flag(request, b"replace-existing-checks")
+        return api.agent_write(request, local.add_service(svc, replace_existing_checks=replace))
+
+    @route("/v1/agent/service/deregister/<path:sid>", methods=["PUT", "POST"])
+    def deregister_service(request: IRequest, sid: str) -> Deferred[bytes]:
+        return api.agent_write(request, local.remove_service(sid))
+
+    @route("/v1/agent/check/register", methods=["PUT", "POST"])
+    def register_check(request: IRequest) -> Deferred[bytes]:
+        check = parse_check(read_json(request))
+        return api.agent_write(request, local.add_check(check))
+
+    @route("/v1/agent/check/deregister/<path:cid>", methods=["PUT", "POST"])
+    def deregister_check(request: IRequest, cid: str) -> Deferred[bytes]:
+        return api.agent_write(request, local.remove_check(cid))
+
+    def ttl_route(verb: str, status: str) -> None:
+        @route(
+            f"/v1/agent/check/{verb}/<path:cid>",
+            methods=["PUT", "POST"],
+            endpoint=f"check_{status}",
+        )
+        def update(request: IRequest, cid: str) -> Deferred[bytes]:
+            note = arg(request, b"note") or ""
+            return api.agent_write(request, local.update_ttl(cid, status, note))
+
+    ttl_route("pass", "passing")
+    ttl_route("warn", "warning")
+    ttl_route("fail", "critical")
+
+    @route("/v1/agent/check/update/<path:cid>", methods=["PUT", "POST"])
+    def update_check(request: IRequest, cid: str) -> Deferred[bytes]:
+        body = folded(read_json(request), "update")
+        status = body.get("status")
+        if status not in CHECK_STATES:
+            raise BadRequest(f"Invalid check status: {status!r}")
+        output = body.get("output") or ""
+        if not isinstance(output, str):
+            raise BadRequest("Request decode failed: Output must be a string")
+        return api.agent_write(request, local.update_ttl(cid, status, output))

@@ -1,0 +1,1 @@
+"""Consensus: the single-node log of a lone server (and, later, Raft)."""

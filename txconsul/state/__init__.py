@@ -1,0 +1,1 @@
+"""The replicated state: tables, indexes, watches, and the FSM that writes them."""

@@ -1,0 +1,141 @@
+# -*- test-case-name: txconsul.test.test_tap -*-
+"""
+The twistd plugin's options and ``makeService``: the agent's composition root.
+
+Flags carry Consul's names (``--dev``, ``--dc``, ``--node``, ``--client``,
+``--config-dir`` ...). ``postOptions`` merges them with the config files and
+checks everything, so a bad flag or file stops twistd with a clear message
+before anything starts; ``makeService`` only wires the agent.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from txconsul.config import AgentConfig, load
+from txconsul.errors import ConfigError
+
+# Flags that take effect once the service that uses them lands; they are
+# accepted and checked now so that config files and scripts carry over.
+_PORT_FLAGS = {
+    "http-port": "http",
+    "dns-port": "dns",
+    "serf-lan-port": "serf_lan",
+    "serf-wan-port": "serf_wan",
+    "server-port": "server",
+}
+
+
+def _port(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise usage.UsageError(f"{value!r} is not a port number") from None
+    if not -1 <= n <= 65535:
+        raise usage.UsageError(f"port {n} is out of range")
+    return n
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = "Run a txconsul agent (a Consul-compatible agent)."
+
+    optFlags = [
+        ["dev", None, "Development mode: one server, data in memory, UI on."],
+        ["server", None, "Run in server mode."],
+        ["ui", None, "Serve the web UI."],
+    ]
+    optParameters = [
+        ["dc", None, None, "Datacenter of this agent (default dc1)."],
+        ["datacenter", None, None, "Same as --dc."],
+        ["node", None, None, "Node name (default: the host name)."],
+        ["node-id", None, None, "Node UUID (default: generated and kept in data-dir)."],
+        ["client", None, None, "Address of the HTTP and DNS listeners (default 127.0.0.1)."],
+        ["bind", None, None, "Address of gossip and server RPC (default 127.0.0.1)."],
+        ["advertise", None, None, "Address advertised to other agents."],
+        ["http-port", None, None, "HTTP API port (default 8500; 0 picks a free one).", _port],
+        ["dns-port", None, None, "DNS port (default 8600).", _port],
+        ["serf-lan-port", None, None, "LAN gossip port (default 8301).", _port],
+        ["serf-wan-port", None, None, "WAN gossip port (default 8302).", _port],
+        ["server-port", None, None, "Server RPC port (default 8300).", _port],
+        ["data-dir", None, None, "Directory for the agent's state (required unless --dev)."],
+        ["bootstrap-expect", None, None, "Servers to wait for before the first election.", int],
+        ["encrypt", None, None, "Base64 gossip encryption key (16, 24 or 32 bytes)."],
+        ["log-level", None, None, "TRACE, DEBUG, INFO, WARN or ERR."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["config-file"] = []
+        self["config-dir"] = []
+        self["join"] = []
+        self["retry-join"] = []
+        self.config: AgentConfig | None = None
+
+    def opt_config_file(self, path: str) -> None:
+        """A JSON config file (may be given more than once)."""
+        self["config-file"].append(path)
+
+    def opt_config_dir(self, path: str) -> None:
+        """A directory of JSON config files, merged in name order (repeatable)."""
+        self["config-dir"].append(path)
+
+    def opt_join(self, address: str) -> None:
+        """Address of an agent to join at start (repeatable)."""
+        self["join"].append(address)
+
+    def opt_retry_join(self, address: str) -> None:
+        """Like --join, retried until it succeeds (repeatable)."""
+        self["retry-join"].append(address)
+
+    def flags(self) -> dict[str, Any]:
+        """The options given on the command line, as config-file keys."""
+        out: dict[str, Any] = {}
+        if self["dev"]:
+            out["dev"] = True
+        if self["server"]:
+            out["server"] = True
+        if self["ui"]:
+            out["ui"] = True
+        names = {
+            "datacenter": "datacenter",
+            "dc": "datacenter",
+            "node": "node_name",
+            "node-id": "node_id",
+            "client": "client_addr",
+            "bind": "bind_addr",
+            "advertise": "advertise_addr",
+            "data-dir": "data_dir",
+            "bootstrap-expect": "bootstrap_expect",
+            "encrypt": "encrypt",
+            "log-level": "log_level",
+        }
+        for flag, key in names.items():
+            if self[flag] is not None:
+                out[key] = self[flag]
+        ports = {key: self[flag] for flag, key in _PORT_FLAGS.items() if self[flag] is not None}
+        if ports:
+            out["ports"] = ports
+        if self["join"]:
+            out["start_join"] = list(self["join"])
+        if self["retry-join"]:
+            out["retry_join"] = list(self["retry-join"])
+        return out
+
+    def postOptions(self) -> None:
+        try:
+            self.config = load(self.flags(), self["config-file"], self["config-dir"])
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from e
+
+
+def makeService(options: Options) -> IService:
+    from twisted.internet import reactor
+
+    from txconsul.agent.agent import Agent
+
+    assert options.config is not None
+    return Agent(options.config, reactor)
