@@ -41,12 +41,49 @@ SERF_HEALTH = {
 
 
 class APISite(Site):
-    """A Site without the per-request access log line."""
+    """
+    A Site without the per-request access log line, that can close its
+    connections.
+
+    Twisted's Site forgets its connections; an agent that stops must not leave
+    keep-alive clients and blocked queries hanging, so this one keeps them.
+    """
 
     displayTracebacks = False
 
+    def __init__(self, resource: Any) -> None:
+        super().__init__(resource)
+        self._live: dict[Any, tuple[Deferred[None], list[Any]]] = {}
+
     def log(self, request: Any) -> None:
         pass
+
+    def buildProtocol(self, addr: Any) -> Any:
+        proto = super().buildProtocol(addr)
+        gone: Deferred[None] = Deferred()
+        transports: list[Any] = []
+        self._live[proto] = (gone, transports)
+        made, lost = proto.makeConnection, proto.connectionLost
+
+        def make_connection(transport: Any) -> None:
+            transports.append(transport)
+            made(transport)
+
+        def connection_lost(reason: Any) -> None:
+            self._live.pop(proto, None)
+            lost(reason)
+            gone.callback(None)
+
+        proto.makeConnection, proto.connectionLost = make_connection, connection_lost
+        return proto
+
+    def close_connections(self) -> Deferred[Any]:
+        """Drop every open connection; fires once all of them are gone."""
+        live = list(self._live.values())
+        for _, transports in live:
+            for transport in transports:
+                transport.abortConnection()
+        return DeferredList([gone for gone, _ in live])
 
 
 class Agent(MultiService):
@@ -67,9 +104,8 @@ class Agent(MultiService):
         self.consensus = SingleNodeLog(self.fsm, config.rpc_address)
         self.local = LocalState(self, clock)
         self.http_api = HTTPApi(self, clock, self.rng)
-        self.http = TCPListener(
-            tcp, APISite(self.http_api.resource()), config.ports["http"], config.client_addr
-        )
+        self.site = APISite(self.http_api.resource())
+        self.http = TCPListener(tcp, self.site, config.ports["http"], config.client_addr)
         self.http.setName("http")
         self.http.setServiceParent(self)
         self._ready = False
@@ -113,6 +149,7 @@ class Agent(MultiService):
     def stopService(self) -> Deferred[Any]:
         self.local.stop()
         d: Deferred[Any] = super().stopService()
+        d.addCallback(lambda _: self.site.close_connections())
         return d
 
     def _load_node_id(self) -> str:
