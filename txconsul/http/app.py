@@ -73,7 +73,10 @@ def query(request: IRequest) -> dict[bytes, list[bytes]]:
     parsed: dict[bytes, list[bytes]] | None = getattr(request, "_txconsul_query", None)
     if parsed is None:
         _, _, qs = request.uri.partition(b"?")
-        parsed = parse_qs(qs, keep_blank_values=True) if qs else {}
+        # latin-1 maps bytes to characters one to one, so that a %-escape of
+        # any byte survives here and arg() can refuse what is not UTF-8.
+        pairs = parse_qs(qs.decode("latin-1"), keep_blank_values=True, encoding="latin-1")
+        parsed = {k.encode("latin-1"): [v.encode("latin-1") for v in vs] for k, vs in pairs.items()}
         request._txconsul_query = parsed  # type: ignore[attr-defined]
     return parsed
 
