@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.exceptions import NotFound as WerkzeugNotFound
+from werkzeug.routing import RequestRedirect
 
 from txconsul.duration import parse_duration
 from txconsul.errors import BadRequest, TooLarge, TxConsulError
@@ -233,6 +234,14 @@ class HTTPApi:
                 request.setHeader(b"allow", ", ".join(sorted(error.valid_methods)).encode())
             method = request.method.decode("ascii", "replace")
             return self.plain_error(request, 405, f"method {method} not allowed")
+
+        @app.handle_errors(RequestRedirect)
+        def redirect(request: IRequest, failure: Failure) -> bytes:
+            # werkzeug's answer to "//" in a path or a missing trailing slash
+            error = failure.value
+            assert isinstance(error, RequestRedirect)
+            request.setHeader(b"location", error.new_url.encode("utf-8"))
+            return self.plain_error(request, error.code, f"Moved to {error.new_url}")
 
         @app.handle_errors(CancelledError)
         def cancelled(request: IRequest, failure: Failure) -> bytes:
