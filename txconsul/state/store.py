@@ -50,6 +50,8 @@ class StateStore:
         """Replace every table with those of ``blob``, then wake every watcher."""
         try:
             data = msgpack.unpackb(blob, raw=False, strict_map_key=False)
+            if not isinstance(data, dict):
+                raise ValueError("the top level is not a map")
             if data.get("version") != SNAPSHOT_VERSION:
                 raise ValueError(f"unknown snapshot version {data.get('version')!r}")
             kv = KVTable(self.watches.notify_kv)
@@ -58,7 +60,7 @@ class StateStore:
             catalog.load(data["catalog"])
             sessions = {row["ID"]: row for row in data["sessions"]}
             last_index = int(data["last_index"])
-        except (ValueError, KeyError, TypeError, msgpack.UnpackException) as e:
+        except (ValueError, KeyError, TypeError, AttributeError, msgpack.UnpackException) as e:
             raise ValueError(f"not a txconsul snapshot: {e}") from e
         self.kv, self.catalog, self.sessions = kv, catalog, sessions
         self.last_index = last_index
