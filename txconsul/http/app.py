@@ -126,10 +126,9 @@ def uint_arg(request: IRequest, name: bytes, what: str) -> int | None:
         return None
     if value == "":
         return 0
-    try:
-        n = int(value, 10)
-    except ValueError:
-        raise BadRequest(f"Invalid {what}") from None
+    if not (value.isascii() and value.isdigit()):
+        raise BadRequest(f"Invalid {what}")  # int() would take " 1", "+1", "1_0" and "١"
+    n = int(value, 10)
     if n < 0 or n >= 2**64:
         raise BadRequest(f"Invalid {what}")
     return n
