@@ -126,7 +126,7 @@ def uint_arg(request: IRequest, name: bytes, what: str) -> int | None:
         return None
     if value == "":
         return 0
-    if not (value.isascii() and value.isdigit()):
+    if not (value.isascii() and value.isdigit()) or len(value) > 20:
         raise BadRequest(f"Invalid {what}")  # int() would take " 1", "+1", "1_0" and "١"
     n = int(value, 10)
     if n < 0 or n >= 2**64:
