@@ -29,6 +29,7 @@ from txconsul.agent.definitions import (
     parse_check,
     parse_service,
 )
+from txconsul.dns.config import DNSConfig, check_domain, parse_dns_config, parse_recursor
 from txconsul.errors import BadRequest, ConfigError
 
 DEFAULT_PORTS = {
@@ -67,6 +68,7 @@ class AgentConfig:
     log_level: str = "INFO"
     domain: str = "consul."
     recursors: tuple[str, ...] = ()
+    dns: DNSConfig = attrs.field(factory=DNSConfig)
     node_meta: Mapping[str, str] = attrs.field(factory=dict)
     kv_max_value_size: int = 512 * 1024
     services: tuple[ServiceDefinition, ...] = ()
@@ -235,10 +237,13 @@ def build(raw: Mapping[str, Any], what: str = "configuration") -> AgentConfig:
             raise ConfigError(f"{what}: unknown log_level {raw['log_level']!r}")
         kw["log_level"] = level
     if "domain" in raw:
-        domain = _type(raw, "domain", str, what).strip(".")
-        kw["domain"] = domain + "."
+        kw["domain"] = check_domain(_type(raw, "domain", str, what), what)
     if "recursors" in raw:
         kw["recursors"] = tuple(_join_address(v, "recursors", what) for v in raw["recursors"])
+        for v in kw["recursors"]:
+            parse_recursor(v, what)
+    if "dns_config" in raw:
+        kw["dns"] = parse_dns_config(raw["dns_config"], what)
     if "node_meta" in raw:
         meta = _type(raw, "node_meta", dict, what)
         if not all(isinstance(v, str) for v in meta.values()):
