@@ -20,6 +20,7 @@ from txconsul.duration import duration_value, format_duration
 from txconsul.errors import BadRequest
 
 CHECK_STATES = ("passing", "warning", "critical")
+_MAX_DURATION = (2**63 - 1) / 1e9  # Go's time.Duration, in seconds
 
 
 def fold(key: str) -> str:
@@ -85,9 +86,12 @@ def _duration(d: Mapping[str, Any], key: str, what: str) -> float | None:
     if d.get(key) in (None, ""):
         return None
     try:
-        return duration_value(d[key])
+        seconds = duration_value(d[key])
     except BadRequest as e:
         raise BadRequest(f"Request decode failed: {what}.{key}: {e}") from None
+    if not abs(seconds) <= _MAX_DURATION:  # also NaN
+        raise BadRequest(f"Request decode failed: {what}.{key}: duration out of range")
+    return seconds
 
 
 @attrs.frozen
