@@ -41,6 +41,13 @@ def _map(d: Mapping[str, Any], key: str, what: str) -> dict[str, Any]:
     return dict(value)
 
 
+def _str_map(d: Mapping[str, Any], key: str, what: str) -> dict[str, Any]:
+    value = _map(d, key, what)
+    if not all(isinstance(v, str) for v in value.values()):
+        raise BadRequest(f"Request decode failed: {what}.{key} must map names to strings")
+    return value
+
+
 def _strings(d: Mapping[str, Any], key: str, what: str) -> list[str]:
     value = d.get(key) or []
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -86,8 +93,8 @@ def parse_register(body: object, datacenter: str) -> Row:
         "Node": node,
         "Address": address,
         "Datacenter": datacenter,
-        "TaggedAddresses": _map(d, "taggedaddresses", "registration"),
-        "NodeMeta": _map(d, "nodemeta", "registration"),
+        "TaggedAddresses": _str_map(d, "taggedaddresses", "registration"),
+        "NodeMeta": _str_map(d, "nodemeta", "registration"),
         "SkipNodeUpdate": skip,
         "Service": None,
         "Checks": [],
@@ -101,12 +108,15 @@ def parse_register(body: object, datacenter: str) -> Row:
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
             raise BadRequest("Request decode failed: Service.Port must be a port number")
         weights = folded(s.get("weights") or {"passing": 1, "warning": 1}, "Service.Weights")
+        for w in ("passing", "warning"):
+            if isinstance(weights.get(w), bool) or not isinstance(weights.get(w, 1), int):
+                raise BadRequest(f"Request decode failed: Service.Weights.{w} must be an integer")
         request["Service"] = {
             "ID": _s(s, "id", "Service") or name,
             "Service": name,
             "Tags": _strings(s, "tags", "Service"),
             "Address": _s(s, "address", "Service"),
-            "Meta": _map(s, "meta", "Service"),
+            "Meta": _str_map(s, "meta", "Service"),
             "Port": port,
             "Weights": {
                 "Passing": weights.get("passing", 1),
