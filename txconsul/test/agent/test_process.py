@@ -1,0 +1,92 @@
+# -*- test-case-name: txconsul.test.agent.test_process -*-
+"""Real ``twistd -n txconsul`` processes: side by side, stopped by signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from typing import Any
+
+import treq
+from twisted.internet import defer, reactor  # noqa: TID251 (real-process test)
+from twisted.trial.unittest import TestCase
+
+from txconsul.testing.process import free_port, spawn_twistd, wait_for_leader
+
+
+class TwistdTests(TestCase):
+    timeout = 60
+
+    def start(self, *args: str) -> Any:
+        proto = spawn_twistd(reactor, list(args), self.mktemp_dir())
+
+        def stop() -> Any:
+            proto.kill(signal.SIGKILL)
+            return proto.ended
+
+        self.addCleanup(stop)
+        return proto
+
+    def mktemp_dir(self) -> str:
+        path = os.path.abspath(self.mktemp())
+        os.makedirs(path)
+        return path
+
+    async def put_and_get(self, port: int, key: str, value: bytes) -> bytes:
+        url = f"http://127.0.0.1:{port}/v1/kv/{key}"
+        response = await treq.put(url, data=value, persistent=False)
+        self.assertEqual(await response.json(), True)
+        response = await treq.get(url + "?raw", persistent=False)
+        body: bytes = await response.content()
+        return body
+
+    @defer.inlineCallbacks
+    def test_two_agents_side_by_side_with_their_own_ports_and_data(self) -> Any:
+        agents = []
+        for name in ("a1", "a2"):
+            port = free_port()
+            proto = self.start(
+                "--node",
+                name,
+                "--http-port",
+                str(port),
+                "--data-dir",
+                self.mktemp_dir(),
+                "--server",
+                "--dns-port",
+                str(free_port()),
+            )
+            agents.append((port, proto))
+        for port, proto in agents:
+            leader = yield defer.ensureDeferred(wait_for_leader(reactor, port, proto))
+            self.assertEqual(json.loads(leader), "127.0.0.1:8300")
+        a = yield defer.ensureDeferred(self.put_and_get(agents[0][0], "k", b"one"))
+        b = yield defer.ensureDeferred(self.put_and_get(agents[1][0], "k", b"two"))
+        self.assertEqual((a, b), (b"one", b"two"))
+
+    @defer.inlineCallbacks
+    def test_sigterm_and_sigint_stop_the_agent_cleanly(self) -> Any:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            port = free_port()
+            proto = self.start("--dev", "--http-port", str(port))
+            yield defer.ensureDeferred(wait_for_leader(reactor, port, proto))
+            proto.kill(sig)
+            code = yield proto.ended
+            # twistd shuts down, then ends itself by the same signal so that its
+            # parent sees why it stopped.
+            self.assertTrue(code == 0 or proto.signal == sig, proto.output.decode(errors="replace"))
+            self.assertIn(b"Main loop terminated", proto.output)
+            self.assertIn(b"Server Shut Down", proto.output)
+
+    @defer.inlineCallbacks
+    def test_unparsable_config_file_stops_the_agent_naming_the_file(self) -> Any:
+        config_dir = self.mktemp_dir()
+        path = os.path.join(config_dir, "broken.json")
+        with open(path, "w") as f:
+            f.write('{"service": {"name": "web",}')
+        proto = self.start("--dev", "--http-port", str(free_port()), "--config-dir", config_dir)
+        code = yield proto.ended
+        self.assertNotEqual(code, 0)
+        self.assertIn(b"broken.json", proto.output)
+        self.assertIn(b"not valid JSON", proto.output)
