@@ -25,6 +25,7 @@ from txconsul import CONSUL_VERSION, __version__
 from txconsul.agent.listeners import TCPListener
 from txconsul.agent.local import LocalState
 from txconsul.config import AgentConfig
+from txconsul.dns.server import DNSService
 from txconsul.http.app import HTTPApi
 from txconsul.raft.single import SingleNodeLog
 from txconsul.state.fsm import FSM
@@ -108,6 +109,11 @@ class Agent(MultiService):
         self.http = TCPListener(tcp, self.site, config.ports["http"], config.client_addr)
         self.http.setName("http")
         self.http.setServiceParent(self)
+        self.dns: DNSService | None = None
+        if config.ports["dns"] >= 0:
+            self.dns = DNSService(reactor, self.store, self.consensus, config, self.rng)
+            self.dns.setName("dns")
+            self.dns.setServiceParent(self)
         self._ready = False
         self._waiting: list[Deferred[None]] = []
 
