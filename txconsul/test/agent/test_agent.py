@@ -14,8 +14,8 @@ from twisted.plugin import getPlugins
 from twisted.trial.unittest import SynchronousTestCase
 
 from txconsul.agent.agent import Agent
-from txconsul.agent.local import TTL_EXPIRED
 from txconsul.agent.definitions import parse_check, parse_service
+from txconsul.agent.local import TTL_EXPIRED
 from txconsul.config import load
 from txconsul.tap import Options, makeService
 
