@@ -28,14 +28,18 @@ Row = dict[str, Any]
 
 
 def _s(d: Mapping[str, Any], key: str, what: str) -> str:
-    value = d.get(key) or ""
+    value = d.get(key)
+    if value is None:
+        return ""
     if not isinstance(value, str):
         raise BadRequest(f"Request decode failed: {what}.{key} must be a string")
     return value
 
 
 def _map(d: Mapping[str, Any], key: str, what: str) -> dict[str, Any]:
-    value = d.get(key) or {}
+    value = d.get(key)
+    if value is None:
+        return {}
     if not isinstance(value, Mapping):
         raise BadRequest(f"Request decode failed: {what}.{key} must be an object")
     return dict(value)
@@ -49,7 +53,9 @@ def _str_map(d: Mapping[str, Any], key: str, what: str) -> dict[str, Any]:
 
 
 def _strings(d: Mapping[str, Any], key: str, what: str) -> list[str]:
-    value = d.get(key) or []
+    value = d.get(key)
+    if value is None:
+        return []
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise BadRequest(f"Request decode failed: {what}.{key} must be a list of strings")
     return value
@@ -85,7 +91,7 @@ def parse_register(body: object, datacenter: str) -> Row:
     if not node:
         raise BadRequest("Must provide node")
     address = _s(d, "address", "registration")
-    skip = d.get("skipnodeupdate") or False
+    skip = False if d.get("skipnodeupdate") is None else d["skipnodeupdate"]
     if not isinstance(skip, bool):
         raise BadRequest("Request decode failed: SkipNodeUpdate must be a boolean")
     request: Row = {
@@ -104,7 +110,7 @@ def parse_register(body: object, datacenter: str) -> Row:
         name = _s(s, "service", "Service")
         if not name:
             raise BadRequest("Must provide service name")
-        port = s.get("port") or 0
+        port = 0 if s.get("port") is None else s["port"]
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
             raise BadRequest("Request decode failed: Service.Port must be a port number")
         weights = folded(s.get("weights") or {"passing": 1, "warning": 1}, "Service.Weights")
