@@ -44,7 +44,7 @@ def parse_ops(body: object, max_value: int) -> list[dict[str, Any]]:
             )
         kv = folded(op["kv"], f"operation {i}.KV")
         verb = kv.get("verb")
-        if verb not in KV_VERBS:
+        if not isinstance(verb, str) or verb not in KV_VERBS:
             raise BadRequest(f"Failed to parse body: operation {i}: unknown KV verb {verb!r}")
         key = kv.get("key", "")
         if not isinstance(key, str):
