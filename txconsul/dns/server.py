@@ -22,7 +22,7 @@ import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, ensureDeferred, gatherResults, maybeDeferred
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTime, IReactorUDP
 from twisted.internet.protocol import DatagramProtocol, ServerFactory
 from twisted.logger import Logger
 from twisted.names import client, dns
@@ -353,6 +353,21 @@ class DNSService(Service):
         self._tcp: IListeningPort | None = None
 
     def startService(self) -> None:
+        if not IReactorUDP.providedBy(self._reactor):
+            # A memory reactor in tests has no UDP; TCP alone still answers.
+            self.log.warn("this reactor has no UDP; serving DNS over TCP only")
+            self._tcp = self._listen_tcp(self._portno)
+        else:
+            self._listen_both()
+        super().startService()
+        self.log.info("serving DNS on {addr}", addr="%s:%d" % self.address())
+
+    def _listen_tcp(self, portno: int) -> IListeningPort:
+        factory = DNSStreamFactory(self.responder, self._reactor)
+        port: IListeningPort = self._reactor.listenTCP(portno, factory, 50, self._interface)
+        return port
+
+    def _listen_both(self) -> None:
         attempts = 10 if self._portno == 0 else 1
         for attempt in range(attempts):
             udp = self._reactor.listenUDP(
@@ -362,21 +377,14 @@ class DNSService(Service):
                 maxPacketSize=UDP_MAX,
             )
             try:
-                tcp = self._reactor.listenTCP(
-                    udp.getHost().port,
-                    DNSStreamFactory(self.responder, self._reactor),
-                    50,
-                    self._interface,
-                )
+                self._tcp = self._listen_tcp(udp.getHost().port)
             except CannotListenError:
                 udp.stopListening()
                 if attempt == attempts - 1:
                     raise
                 continue
-            self._udp, self._tcp = udp, tcp
-            break
-        super().startService()
-        self.log.info("serving DNS on {addr}", addr="%s:%d" % self.address())
+            self._udp = udp
+            return
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()
@@ -387,6 +395,7 @@ class DNSService(Service):
 
     def address(self) -> tuple[str, int]:
         """The bound (host, port), the same for UDP and TCP; only while running."""
-        assert self._udp is not None, "not listening"
-        host = self._udp.getHost()
+        port = self._udp or self._tcp
+        assert port is not None, "not listening"
+        host = port.getHost()
         return host.host, host.port  # type: ignore[attr-defined]
