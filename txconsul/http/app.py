@@ -24,6 +24,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
+from twisted.web.resource import Resource
 from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.exceptions import NotFound as WerkzeugNotFound
 from werkzeug.routing import RequestRedirect
@@ -219,7 +220,7 @@ class HTTPApi:
             family.install(self.app, self)
 
     def resource(self) -> Any:
-        return self.app.resource()
+        return _UTF8Guard(self.app.resource())
 
     @property
     def store(self) -> Any:
@@ -389,3 +390,26 @@ class HTTPApi:
 
 def _timed_out(result: object, timeout: float) -> None:
     return None
+
+
+class _UTF8Guard(Resource):
+    """
+    Refuses a request whose path, host or method is not UTF-8 before Klein
+    sees it: Klein answers the path and host with an HTML 400 and a logged
+    traceback each, and fails on the method with a 500.
+    """
+
+    isLeaf = True
+
+    def __init__(self, inner: Resource) -> None:
+        super().__init__()
+        self._inner = inner
+
+    def render(self, request: IRequest) -> Any:
+        try:
+            b"/".join(request.prepath + request.postpath).decode("utf-8")
+            request.getRequestHostname().decode("utf-8")
+            request.method.decode("utf-8")
+        except UnicodeDecodeError:
+            return HTTPApi.plain_error(request, 400, "Invalid URL encoding: not UTF-8")
+        return self._inner.render(request)
