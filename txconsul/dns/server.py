@@ -292,6 +292,9 @@ class DNSStreamProtocol(Int16StringReceiver):
 
     def connectionMade(self) -> None:
         self._idle = self._clock.callLater(TCP_IDLE_TIMEOUT, self._timed_out)
+        self.lost: Deferred[None] = Deferred()
+        if isinstance(self.factory, DNSStreamFactory):
+            self.factory.connections.add(self)
 
     def _timed_out(self) -> None:
         self._idle = None
@@ -302,6 +305,9 @@ class DNSStreamProtocol(Int16StringReceiver):
         if self._idle is not None and self._idle.active():
             self._idle.cancel()
         self._idle = None
+        if isinstance(self.factory, DNSStreamFactory):
+            self.factory.connections.discard(self)
+        self.lost.callback(None)
 
     def stringReceived(self, data: bytes) -> None:
         if self._idle is not None and self._idle.active():
@@ -318,6 +324,16 @@ class DNSStreamFactory(ServerFactory):
     def __init__(self, responder: DNSResponder, clock: IReactorTime) -> None:
         self._responder = responder
         self._clock = clock
+        self.connections: set[DNSStreamProtocol] = set()
+
+    def close_all(self) -> Deferred[None]:
+        """Drop every open connection; fires once all are gone."""
+        waiting = []
+        for protocol in list(self.connections):
+            waiting.append(protocol.lost)
+            if protocol.transport is not None:
+                protocol.transport.abortConnection()  # type: ignore[attr-defined]
+        return gatherResults(waiting).addCallback(lambda _: None)
 
     def buildProtocol(self, addr: Any) -> DNSStreamProtocol:
         protocol = DNSStreamProtocol(self._responder, self._clock)
@@ -349,6 +365,7 @@ class DNSService(Service):
         self.responder = DNSResponder(self.authority, config.dns, recursors, reactor)
         self._portno = config.ports["dns"]
         self._interface = config.client_addr
+        self._factory = DNSStreamFactory(self.responder, reactor)
         self._udp: IListeningPort | None = None
         self._tcp: IListeningPort | None = None
 
@@ -363,8 +380,7 @@ class DNSService(Service):
         self.log.info("serving DNS on {addr}", addr="%s:%d" % self.address())
 
     def _listen_tcp(self, portno: int) -> IListeningPort:
-        factory = DNSStreamFactory(self.responder, self._reactor)
-        port: IListeningPort = self._reactor.listenTCP(portno, factory, 50, self._interface)
+        port: IListeningPort = self._reactor.listenTCP(portno, self._factory, 50, self._interface)
         return port
 
     def _listen_both(self) -> None:
@@ -390,7 +406,8 @@ class DNSService(Service):
         super().stopService()
         ports = [p for p in (self._udp, self._tcp) if p is not None]
         self._udp = self._tcp = None
-        stopping = [maybeDeferred(p.stopListening) for p in ports]
+        stopping: list[Deferred[Any]] = [maybeDeferred(p.stopListening) for p in ports]
+        stopping.append(self._factory.close_all())
         return gatherResults(stopping).addCallback(lambda _: None)
 
     def address(self) -> tuple[str, int]:

@@ -35,10 +35,10 @@ class World:
         self.consensus = FakeConsensus(leader)
         self.authority = ConsulAuthority(
             self.store,
-            self.consensus,
+            self.consensus,  # type: ignore[arg-type]
             self.config,
             self.clock,
-            random.Random(seed),  # type: ignore[arg-type]
+            random.Random(seed),
         )
         self.responder = DNSResponder(self.authority, self.config.dns)
         self.index = 0
