@@ -82,7 +82,7 @@ def ip_bytes(host: str) -> bytes:
 def ip_text(addr: bytes) -> str:
     """The text form of a wire IP; IPv4-mapped IPv6 comes back as IPv4."""
     if len(addr) == 4:
-        return str(ipaddress.IPv4Address(addr))
+        return "%d.%d.%d.%d" % (addr[0], addr[1], addr[2], addr[3])
     if len(addr) == 16:
         ip6 = ipaddress.IPv6Address(addr)
         return str(ip6.ipv4_mapped or ip6)

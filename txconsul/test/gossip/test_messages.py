@@ -104,7 +104,7 @@ class ObservedBytesTests(SynchronousTestCase):
         )
 
     def test_nack_and_suspect_compound(self) -> None:
-        expected = [Nack(172), Suspect(1, "serf-c", "serf-a")]
+        expected: list[Message] = [Nack(172), Suspect(1, "serf-c", "serf-a")]
         self.assertEqual(decode_packet(NACK_SUSPECT), expected)
         self.assertEqual(encode_packet([m.to_wire() for m in expected]), NACK_SUSPECT)
 

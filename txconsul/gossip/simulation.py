@@ -1,0 +1,297 @@
+# -*- test-case-name: txconsul.test.gossip.test_simulation -*-
+"""
+Whole memberlist clusters on the in-memory network, for tests and bench/.
+
+Each member is the real ``Memberlist`` core driven by a ``SimClock``; the
+network carries message records (no encoding) and one seed decides every
+random choice, so a run replays exactly from ``TXCONSUL_SEED``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from typing import Any
+
+import attrs
+from twisted.internet.interfaces import IDelayedCall
+
+from txconsul.gossip.memberlist import (
+    Address,
+    GossipConfig,
+    Memberlist,
+    Node,
+    NullDelegate,
+    Output,
+    Packet,
+    StartPushPull,
+    StreamPing,
+)
+from txconsul.gossip.messages import Ack, Message, Ping, PushPull
+from txconsul.gossip.states import MemberState
+from txconsul.testing.simclock import SimClock
+from txconsul.testing.simnet import SimNetwork
+
+
+def seed_from_env(default: int | None = None) -> int:
+    """``TXCONSUL_SEED`` when set, else ``default``, else a fresh random seed."""
+    value = os.environ.get("TXCONSUL_SEED")
+    if value:
+        return int(value)
+    if default is not None:
+        return default
+    return random.SystemRandom().randrange(1 << 32)
+
+
+@attrs.frozen
+class Declaration:
+    """``observer`` saw ``subject`` become ``state`` at ``time``."""
+
+    time: float
+    observer: str
+    subject: str
+    state: MemberState
+
+
+class _Recorder(NullDelegate):
+    def __init__(self, cluster: SimCluster, name: str) -> None:
+        self._cluster = cluster
+        self._name = name
+
+    def notify_leave(self, now: float, node: Node) -> None:
+        self._cluster.declarations.append(Declaration(now, self._name, node.name, node.state))
+
+    def notify_join(self, now: float, node: Node) -> None:
+        self._cluster.joins.append(Declaration(now, self._name, node.name, node.state))
+
+
+def packet_size(payload: Any) -> int:
+    """Bytes a datagram or stream message would take on the wire (uncompressed)."""
+    if isinstance(payload, tuple):
+        sizes = [len(m.to_wire()) for m in payload]
+        return sizes[0] if len(sizes) == 1 else 2 + 2 * len(sizes) + sum(sizes)
+    wire = getattr(payload, "to_wire", None)
+    return len(wire()) if wire is not None else 0
+
+
+class SimMember:
+    """One core on the network, with one timer re-armed to its next deadline."""
+
+    def __init__(
+        self, cluster: SimCluster, name: str, address: Address, config: GossipConfig
+    ) -> None:
+        self.cluster = cluster
+        self.name = name
+        self.address = address
+        clock = cluster.clock
+        self.core = Memberlist(
+            name,
+            address,
+            config,
+            random.Random(cluster.rng.getrandbits(64)),
+            clock.seconds(),
+            _Recorder(cluster, name),
+        )
+        self._timer: IDelayedCall | None = None
+        self._armed = math.inf
+        #: While the member is "slow" (a starved CPU), its work waits until then.
+        self.slow_until = 0.0
+        self._backlog: list[tuple[Address, tuple[Message, ...]]] = []
+        self.crashed = False
+        cluster.net.listen(address, self._on_datagram, self._on_stream)
+        self._arm()
+
+    def now(self) -> float:
+        return self.cluster.clock.seconds()
+
+    def _on_datagram(self, source: Address, messages: tuple[Message, ...]) -> None:
+        if self.crashed:
+            return
+        if self.now() < self.slow_until:
+            if not self._backlog:
+                self.cluster.clock.callLater(self.slow_until - self.now(), self._catch_up)
+            self._backlog.append((source, messages))
+            return
+        now = self.now()
+        for message in messages:
+            self.emit(self.core.receive(now, source, message))
+
+    def _catch_up(self) -> None:
+        backlog, self._backlog = self._backlog, []
+        for source, messages in backlog:
+            self._on_datagram(source, messages)
+
+    def _on_stream(self, source: Address, request: Any) -> Any:
+        if self.crashed:
+            raise ConnectionError("crashed")
+        now = self.now()
+        if isinstance(request, PushPull):
+            reply = self.core.local_state(request.join)
+            self.emit(self.core.merge_remote_state(now, request))
+            return reply
+        if isinstance(request, Ping) and (not request.node or request.node == self.name):
+            return Ack(request.seq_no)
+        return None
+
+    def emit(self, outputs: list[Output]) -> None:
+        net = self.cluster.net
+        for out in outputs:
+            if isinstance(out, Packet):
+                net.send(self.address, out.to, out.messages)
+            elif isinstance(out, StreamPing):
+                net.request(self.address, out.to, out.ping, self._stream_reply(out.to), _ignore)
+            elif isinstance(out, StartPushPull):
+                net.request(self.address, out.to, out.state, self._merge, _ignore)
+        self._arm()
+
+    def _stream_reply(self, source: Address) -> Any:
+        def reply(message: Message) -> None:
+            if not self.crashed:
+                self.emit(self.core.receive(self.now(), source, message))
+
+        return reply
+
+    def _merge(self, state: PushPull) -> None:
+        if not self.crashed:
+            self.emit(self.core.merge_remote_state(self.now(), state))
+
+    def _arm(self) -> None:
+        deadline = max(self.core.next_deadline(), self.slow_until)
+        if deadline >= self._armed or math.isinf(deadline):
+            return
+        delay = max(0.0, deadline - self.now())
+        if self._timer is not None and self._timer.active():
+            self._timer.reset(delay)
+        else:
+            self._timer = self.cluster.clock.callLater(delay, self._fire)
+        self._armed = deadline
+
+    def _fire(self) -> None:
+        self._armed = math.inf
+        self._timer = None
+        if self.crashed:
+            return
+        if self.now() < self.slow_until:
+            self._arm()
+            return
+        self.emit(self.core.tick(self.now()))
+
+    def crash(self) -> None:
+        self.crashed = True
+        self.core.stop()
+        self.cluster.net.down.add(self.address)
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+
+
+def _ignore(error: Exception) -> None:
+    pass
+
+
+class SimCluster:
+    """
+    ``n`` members on one ``SimNetwork``; member ``i`` is ``node-i`` at 10.x.y.z:8301.
+
+    :param join_spread: members join over this many seconds, each to a random earlier one.
+    """
+
+    def __init__(
+        self,
+        seed: int,
+        n: int,
+        config: GossipConfig | None = None,
+        loss: float = 0.0,
+        latency: float = 0.002,
+        measure_bytes: bool = False,
+        join_spread: float = 1.0,
+    ) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.clock = SimClock()
+        self.net = SimNetwork(
+            self.rng.getrandbits(64),
+            self.clock,
+            latency=latency,
+            loss=loss,
+            sizer=packet_size if measure_bytes else None,
+        )
+        self.config = config if config is not None else GossipConfig.lan()
+        self.declarations: list[Declaration] = []
+        self.joins: list[Declaration] = []
+        self.members: dict[str, SimMember] = {}
+        self.crashed: set[str] = set()
+        self.n = n
+        for i in range(n):
+            delay = 0.0 if i == 0 else self.rng.random() * join_spread
+            self.clock.callLater(delay, self._start, i)
+        self.clock.advance(0)
+
+    @staticmethod
+    def address_of(i: int) -> Address:
+        return (f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}", 8301)
+
+    def _start(self, i: int) -> None:
+        name = f"node-{i}"
+        member = SimMember(self, name, self.address_of(i), self.config)
+        self.members[name] = member
+        if i > 0:
+            seed = self.rng.randrange(len(self.members) - 1) if len(self.members) > 1 else 0
+            seed_address = list(self.members.values())[seed].address
+            member.emit(member.core.join(self.clock.seconds(), [seed_address]))
+
+    def run(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+
+    def live(self) -> list[SimMember]:
+        return [m for m in self.members.values() if not m.crashed]
+
+    def converged(self) -> bool:
+        """Every live member sees every live member alive, and no crashed one alive."""
+        if len(self.members) < self.n:
+            return False
+        live = self.live()
+        names = {m.name for m in live}
+        for member in live:
+            nodes = member.core.nodes
+            for name in names:
+                node = nodes.get(name)
+                if node is None or node.state != MemberState.ALIVE:
+                    return False
+            for name in self.crashed:
+                node = nodes.get(name)
+                if node is not None and node.state in (MemberState.ALIVE, MemberState.SUSPECT):
+                    return False
+        return True
+
+    def run_until_converged(self, limit: float, step: float = 0.25) -> float | None:
+        """:return: the virtual time of convergence, or ``None`` if ``limit`` passed."""
+        end = self.clock.seconds() + limit
+        while self.clock.seconds() < end:
+            if self.converged():
+                return self.clock.seconds()
+            self.clock.advance(step)
+        return self.clock.seconds() if self.converged() else None
+
+    def kill(self, name: str) -> None:
+        self.crashed.add(name)
+        self.members[name].crash()
+
+    def false_positives(self) -> list[Declaration]:
+        """Declarations that a member which never crashed is dead."""
+        return [
+            d
+            for d in self.declarations
+            if d.state == MemberState.DEAD and d.subject not in self.crashed
+        ]
+
+    def detections(self, name: str) -> dict[str, float]:
+        """When each observer first declared ``name`` dead."""
+        seen: dict[str, float] = {}
+        for d in self.declarations:
+            if d.subject == name and d.state == MemberState.DEAD:
+                seen.setdefault(d.observer, d.time)
+        return seen
+
+    def trace(self) -> list[tuple[float, str, str, int]]:
+        return [(d.time, d.observer, d.subject, int(d.state)) for d in self.declarations]
