@@ -42,6 +42,8 @@ from txconsul.state.store import StateStore
 Row = dict[str, Any]
 RR = dns.RRHeader
 
+#: Cached answers kept at most; the cache starts afresh when it is full.
+CACHE_SIZE = 10_000
 ADDRESS_TYPES = frozenset({dns.A, dns.AAAA, dns.ALL_RECORDS})
 
 
@@ -56,6 +58,8 @@ class Answer:
     authoritative: bool = True
     #: A recursor may answer instead (names outside the domain, unknown reverse names).
     recurse: bool = False
+    #: The same question may get this answer (reshuffled) until the catalog changes.
+    cacheable: bool = False
 
 
 @functools.lru_cache(maxsize=4096)
@@ -127,25 +131,57 @@ class ConsulAuthority:
         self._dc = config.datacenter.lower()
         self._domain = config.domain.strip(".").lower()
         self._domain_bytes = self._domain.encode("ascii")
+        # Answers of service and node lookups, valid while the catalog's indexes stay.
+        self._cache: dict[tuple[bytes, int], Answer] = {}
+        self._cached_catalog: object = None
+        self._cached_stamp = (0, 0, 0)
 
     # -- entry point ----------------------------------------------------------
 
     def lookup(self, name: bytes, qtype: int) -> Answer:
         """The answer to one question (class IN) for ``name``."""
+        if not self._config.allow_stale and not self._consensus.is_leader():
+            return Answer(dns.ESERVER, authoritative=False)
+        catalog = self._store.catalog
+        stamp = (catalog.nodes_index, catalog.services_index, catalog.checks_index)
+        if catalog is not self._cached_catalog or stamp != self._cached_stamp:
+            self._cache.clear()
+            self._cached_catalog, self._cached_stamp = catalog, stamp
+        key = (name, qtype)
+        cached = self._cache.get(key)
+        if cached is not None:
+            return self._fresh(cached)
+        answer = self._lookup(name, qtype)
+        if answer.cacheable:
+            if len(self._cache) >= CACHE_SIZE:
+                self._cache.clear()
+            self._cache[key] = answer
+        return answer
+
+    def _fresh(self, cached: Answer) -> Answer:
+        """A cached answer in a new random order, with an SOA of this second."""
+        answers = list(cached.answers)
+        self._rng.shuffle(answers)
+        authority = [self.soa()] if cached.authority else []
+        return Answer(cached.rcode, answers, authority, cached.additional, cacheable=True)
+
+    def _lookup(self, name: bytes, qtype: int) -> Answer:
         parsed = parse_name(name.decode("latin-1"), self._domain)
         if isinstance(parsed, Outside):
             return Answer(dns.EREFUSED, authoritative=False, recurse=True)
-        if not self._config.allow_stale and not self._consensus.is_leader():
-            return Answer(dns.ESERVER, authoritative=False)
+        cacheable = isinstance(parsed, ServiceLookup | NodeLookup)
         try:
             answers, additional = self._answer(parsed, name, qtype)
         except NotFound:
             return Answer(
-                dns.ENAME, authority=[self.soa()], recurse=isinstance(parsed, ReverseLookup)
+                dns.ENAME,
+                authority=[self.soa()],
+                recurse=isinstance(parsed, ReverseLookup),
+                cacheable=cacheable,
             )
         if not answers:
-            return Answer(dns.OK, authority=[self.soa()])
-        return Answer(dns.OK, answers, [], additional)
+            return Answer(dns.OK, authority=[self.soa()], cacheable=cacheable)
+        return Answer(dns.OK, answers, [], additional, cacheable=cacheable)
 
     def _answer(self, parsed: Lookup, owner: bytes, qtype: int) -> tuple[list[RR], list[RR]]:
         if isinstance(parsed, ServiceLookup):

@@ -238,3 +238,31 @@ class DomainTests(SynchronousTestCase):
         stale = World(leader=False)
         stale.register("web1", "10.0.0.7")
         self.assertEqual(stale.lookup("web1.node.consul").rcode, dns.OK)
+
+
+class CacheTests(SynchronousTestCase):
+    def test_a_catalog_change_is_seen_at_once(self) -> None:
+        world = World()
+        redis(world)
+        self.assertEqual(len(world.lookup("redis.service.consul").answers), 3)
+        world.check("node0", "c", "critical", "redis")
+        self.assertEqual(len(world.lookup("redis.service.consul").answers), 2)
+        world.register("node9", "10.0.0.9", {"ID": "redis", "Service": "redis", "Port": 1})
+        self.assertEqual(len(world.lookup("redis.service.consul").answers), 3)
+
+    def test_a_restored_catalog_is_seen_at_once(self) -> None:
+        world = World()
+        redis(world)
+        blob = world.store.snapshot()
+        self.assertEqual(len(world.lookup("redis.service.consul").answers), 3)
+        world.store.catalog.delete_node(world.index + 1, "node0")
+        world.store.restore(blob)
+        world.store.catalog.delete_node(world.index + 1, "node1")
+        self.assertEqual(len(world.lookup("redis.service.consul").answers), 2)
+
+    def test_cached_negative_answers_carry_a_current_soa(self) -> None:
+        world = World()
+        first = world.lookup("nosuch.node.consul").authority[0].payload.serial
+        world.clock.advance(5)
+        second = world.lookup("nosuch.node.consul").authority[0].payload.serial
+        self.assertEqual(second - first, 5)
