@@ -1,0 +1,454 @@
+# -*- test-case-name: txconsul.test.gossip.test_adapter -*-
+"""
+Twisted adapters around the memberlist core: one ``DatagramProtocol`` for UDP,
+one stream protocol for push/pull and TCP pings, and ``GossipPool``, the
+service that owns both sockets on one port.
+
+Twisted calls ``datagramReceived``, ``dataReceived`` and the timer; the core's
+outputs drive ``transport.write`` and outgoing connections. The core's time is
+the injected monotonic clock, never ``reactor.seconds()`` (the wall clock).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IListeningPort,
+    IReactorTCP,
+    IReactorUDP,
+)
+from twisted.internet.protocol import ClientFactory, DatagramProtocol, Protocol, ServerFactory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from txconsul.gossip import wire
+from txconsul.gossip.keyring import Keyring
+from txconsul.gossip.memberlist import (
+    Address,
+    Delegate,
+    GossipConfig,
+    Memberlist,
+    Node,
+    Output,
+    Packet,
+    StartPushPull,
+    StreamPing,
+)
+from txconsul.gossip.messages import (
+    Ack,
+    ErrResp,
+    Ping,
+    PushPull,
+    UserStream,
+    decode_packet,
+    decode_stream,
+    encode_packet,
+    encode_stream,
+)
+from txconsul.gossip.wire import Incomplete, MalformedPacket
+
+Monotonic = Callable[[], float]
+
+
+class Codec:
+    """Packet and stream framing for one pool: compression, CRC, encryption."""
+
+    def __init__(self, keyring: Keyring | None = None, compress: bool = True) -> None:
+        self.keyring = keyring
+        self.compress = compress
+
+    def encode_packet(self, packet: Packet) -> bytes:
+        data = encode_packet(
+            [m.to_wire() for m in packet.messages], compress=self.compress, crc=packet.crc
+        )
+        return self.keyring.encrypt_packet(data) if self.keyring is not None else data
+
+    def decode_packet(self, data: bytes) -> list[Any]:
+        _, data = wire.strip_label(data)
+        if self.keyring is not None:
+            data = self.keyring.decrypt_packet(data)
+        return decode_packet(data)
+
+    def encode_stream(self, message: Any) -> bytes:
+        data = encode_stream(message, compress=self.compress)
+        return self.keyring.encrypt_stream(data) if self.keyring is not None else data
+
+    def decode_stream(self, buffer: bytes) -> tuple[Any, int]:
+        """:raise Incomplete: wait for more bytes."""
+        _, rest = wire.strip_label(buffer)
+        skipped = len(buffer) - len(rest)
+        if self.keyring is not None:
+            plain, used = self.keyring.decrypt_stream(rest)
+            try:
+                message, _ = decode_stream(plain)
+            except Incomplete as e:
+                raise MalformedPacket("encrypted stream frame ends inside a message") from e
+            return message, skipped + used
+        message, used = decode_stream(rest)
+        return message, skipped + used
+
+
+class GossipNode:
+    """
+    The core plus the plumbing every adapter shares: one timer re-armed to the
+    core's next deadline, and outputs turned into datagrams and connections.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        core: Memberlist,
+        codec: Codec,
+        reactor: Any,
+        monotonic: Monotonic,
+        interface: str,
+    ) -> None:
+        self.core = core
+        self.codec = codec
+        self.reactor = reactor
+        self.monotonic = monotonic
+        self.interface = interface
+        self.udp: DatagramProtocol | None = None
+        self._timer: IDelayedCall | None = None
+        self.dropped = 0
+
+    def emit(self, outputs: list[Output]) -> None:
+        for out in outputs:
+            if isinstance(out, Packet):
+                self._send_packet(out)
+            elif isinstance(out, StreamPing):
+                self.exchange(out.to, out.ping).addCallback(self._on_stream_reply, out.to)
+            elif isinstance(out, StartPushPull):
+                self.exchange(out.to, out.state).addCallback(self._on_stream_reply, out.to)
+        self.arm()
+
+    def _send_packet(self, packet: Packet) -> None:
+        transport = self.udp.transport if self.udp is not None else None
+        if transport is None:
+            return
+        try:
+            transport.write(self.codec.encode_packet(packet), packet.to)
+        except OSError as e:
+            self.log.debug("send to {addr} failed: {why}", addr=packet.to, why=str(e))
+
+    def _on_stream_reply(self, message: Any, source: Address) -> None:
+        if message is None:
+            return
+        now = self.monotonic()
+        if isinstance(message, PushPull):
+            try:
+                self.emit(self.core.merge_remote_state(now, message))
+            except MalformedPacket as e:
+                self.log.info("push/pull with {addr} refused: {why}", addr=source, why=str(e))
+        elif isinstance(message, Ack):
+            self.emit(self.core.receive(now, source, message))
+
+    def exchange(self, to: Address, request: Any) -> Deferred[Any]:
+        """Connect, send ``request``, return the reply (``None`` on any failure)."""
+        factory = _ClientFactory(self, request)
+        timeout = self.core.config.tcp_timeout
+        self.reactor.connectTCP(to[0], to[1], factory, timeout, (self.interface, 0))
+        return factory.done
+
+    def datagram(self, data: bytes, addr: Address) -> None:
+        try:
+            messages = self.codec.decode_packet(data)
+        except MalformedPacket as e:
+            self.dropped += 1
+            self.log.debug("dropped packet from {addr}: {why}", addr=addr, why=str(e))
+            return
+        now = self.monotonic()
+        for message in messages:
+            with self.log.failuresHandled(
+                "gossip {message} from {addr}", message=message, addr=addr
+            ):
+                self.emit(self.core.receive(now, addr, message))
+
+    def stream_request(self, message: Any, peer: Address) -> Any:
+        """Answer one inbound stream message; :return: the reply, or ``None``."""
+        now = self.monotonic()
+        if isinstance(message, PushPull):
+            reply = self.core.local_state(message.join)
+            try:
+                self.emit(self.core.merge_remote_state(now, message))
+            except MalformedPacket as e:
+                return ErrResp(str(e))
+            return reply
+        if isinstance(message, Ping):
+            if message.node and message.node != self.core.name:
+                return ErrResp("ping for an unexpected node")
+            return Ack(message.seq_no)
+        if isinstance(message, UserStream):
+            self.core.delegate.notify_msg(now, message.payload)
+        return None
+
+    def arm(self) -> None:
+        if self.core.stopped:
+            self.disarm()
+            return
+        delay = max(0.0, self.core.next_deadline() - self.monotonic())
+        if self._timer is not None and self._timer.active():
+            self._timer.reset(delay)
+        else:
+            self._timer = self.reactor.callLater(delay, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        with self.log.failuresHandled("gossip timer"):
+            self.emit(self.core.tick(self.monotonic()))
+
+    def disarm(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+
+class GossipProtocol(DatagramProtocol):
+    """UDP: Twisted calls ``datagramReceived``; the node writes the core's packets."""
+
+    node: GossipNode | None = None
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        if self.node is not None:
+            self.node.datagram(datagram, (addr[0], addr[1]))
+
+
+class StreamProtocol(Protocol):
+    """
+    One TCP exchange. As a server it reads one message and writes the reply; as
+    a client (``request`` set) it writes first and hands the reply to ``done``.
+    """
+
+    log = Logger()
+
+    def __init__(self, node: GossipNode, request: Any = None) -> None:
+        self.node = node
+        self.request = request
+        self.done: Deferred[Any] = Deferred()
+        self._buffer = b""
+        self._timeout: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self._timeout = self.node.reactor.callLater(
+            self.node.core.config.tcp_timeout, self.transport.loseConnection
+        )
+        if self.request is not None:
+            self.transport.write(self.node.codec.encode_stream(self.request))
+
+    def dataReceived(self, data: bytes) -> None:
+        assert self.transport is not None
+        self._buffer += data
+        if len(self._buffer) > 32 * 1024 * 1024:
+            self._fail("stream too long")
+            return
+        try:
+            message, _ = self.node.codec.decode_stream(self._buffer)
+        except Incomplete:
+            return
+        except MalformedPacket as e:
+            self._fail(str(e))
+            return
+        peer = self.transport.getPeer()
+        if self.request is not None:
+            self._finish(message)
+            self.transport.loseConnection()
+            return
+        reply = None
+        with self.log.failuresHandled("stream {message}", message=message):
+            reply = self.node.stream_request(message, (peer.host, peer.port))  # type: ignore[attr-defined]
+        if reply is not None:
+            self.transport.write(self.node.codec.encode_stream(reply))
+        self.transport.loseConnection()
+
+    def _fail(self, why: str) -> None:
+        assert self.transport is not None
+        self.node.dropped += 1
+        self.log.debug("dropped stream: {why}", why=why)
+        if self.request is None:
+            self.transport.write(self.node.codec.encode_stream(ErrResp(why)))
+        self._finish(None)
+        self.transport.loseConnection()
+
+    def _finish(self, result: Any) -> None:
+        if not self.done.called:
+            self.done.callback(result)
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+        if self._timeout is not None and self._timeout.active():
+            self._timeout.cancel()
+        self._finish(None)
+
+
+class _ServerFactory(ServerFactory):
+    node: GossipNode | None = None
+
+    def buildProtocol(self, addr: Any) -> StreamProtocol | None:
+        return StreamProtocol(self.node) if self.node is not None else None
+
+
+class _ClientFactory(ClientFactory):
+    def __init__(self, node: GossipNode, request: Any) -> None:
+        self.node = node
+        self.request = request
+        self.done: Deferred[Any] = Deferred()
+
+    def buildProtocol(self, addr: Any) -> StreamProtocol:
+        proto = StreamProtocol(self.node, self.request)
+        proto.done.addBoth(self._finish)
+        return proto
+
+    def _finish(self, result: Any) -> None:
+        if not self.done.called:
+            self.done.callback(result)
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        self._finish(None)
+
+
+class GossipPool(Service):
+    """
+    One LAN or WAN pool: UDP and TCP on the same port, the core and its timer.
+
+    :param reactor: provides ``IReactorUDP``, ``IReactorTCP`` and ``IReactorTime``.
+    :param monotonic: the core's clock (``time.monotonic`` in production).
+    :param port: 0 picks a free port (UDP first, then TCP on the same number).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        monotonic: Monotonic,
+        name: str,
+        interface: str = "127.0.0.1",
+        port: int = 0,
+        config: GossipConfig | None = None,
+        rng: random.Random | None = None,
+        delegate: Delegate | None = None,
+        keyring: Keyring | None = None,
+        compress: bool = True,
+    ) -> None:
+        self._reactor = reactor
+        self._monotonic = monotonic
+        self.node_name = name
+        self._interface = interface
+        self._portno = port
+        self._config = config if config is not None else GossipConfig.lan()
+        if keyring is not None:
+            self._config = _with_encryption(self._config)
+        self._rng = rng if rng is not None else random.Random()
+        self._delegate = delegate
+        self.codec = Codec(keyring, compress)
+        self.node: GossipNode | None = None
+        self._udp: IListeningPort | None = None
+        self._tcp: IListeningPort | None = None
+
+    def address(self) -> Address:
+        """The bound ``(ip, port)``; valid once started."""
+        assert self._udp is not None, "the pool is not running"
+        host = self._udp.getHost()
+        return (host.host, host.port)  # type: ignore[attr-defined]
+
+    @property
+    def core(self) -> Memberlist:
+        assert self.node is not None, "the pool is not running"
+        return self.node.core
+
+    def startService(self) -> None:
+        self._bind()
+        core = Memberlist(
+            self.node_name,
+            self.address(),
+            self._config,
+            self._rng,
+            self._monotonic(),
+            self._delegate,
+        )
+        self.node = GossipNode(core, self.codec, self._reactor, self._monotonic, self._interface)
+        self._proto.node = self.node
+        self.node.udp = self._proto
+        self._factory.node = self.node
+        self.node.arm()
+        super().startService()
+
+    def _bind(self) -> None:
+        udp_reactor: IReactorUDP = self._reactor
+        tcp_reactor: IReactorTCP = self._reactor
+        self._proto = GossipProtocol()
+        self._factory = _ServerFactory()
+        for _ in range(20):
+            udp = udp_reactor.listenUDP(self._portno, self._proto, self._interface, 65536)
+            port = udp.getHost().port  # type: ignore[attr-defined]
+            try:
+                self._tcp = tcp_reactor.listenTCP(port, self._factory, 128, self._interface)
+            except CannotListenError:
+                udp.stopListening()
+                if self._portno:
+                    raise
+                continue
+            self._udp = udp
+            return
+        raise CannotListenError(self._interface, self._portno, OSError("no free UDP+TCP port"))
+
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()
+        if self.node is not None:
+            self.node.core.stop()
+            self.node.disarm()
+        stopping = []
+        for port in (self._udp, self._tcp):
+            if port is not None:
+                d = port.stopListening()
+                if d is not None:
+                    stopping.append(d)
+        self._udp = self._tcp = None
+        return DeferredList(stopping).addCallback(lambda _: None) if stopping else succeed(None)
+
+    def join(self, addresses: list[Address]) -> Deferred[int]:
+        """Push/pull with each address; fires with how many answered."""
+        node = self.node
+        assert node is not None, "the pool is not running"
+        core = node.core
+        state = core.local_state(join=True)
+        exchanges = []
+        for address in addresses:
+            d = node.exchange(address, state)
+            d.addCallback(self._joined, address)
+            exchanges.append(d)
+        done = DeferredList(exchanges)
+        return done.addCallback(lambda results: sum(1 for ok, r in results if ok and r))
+
+    def _joined(self, reply: Any, address: Address) -> bool:
+        assert self.node is not None
+        if not isinstance(reply, PushPull):
+            self.log.info("join {addr} failed", addr=address)
+            return False
+        try:
+            self.node.emit(self.node.core.merge_remote_state(self._monotonic(), reply))
+        except MalformedPacket as e:
+            self.log.info("join {addr} refused: {why}", addr=address, why=str(e))
+            return False
+        return True
+
+    def leave(self) -> None:
+        """Announce our leave; the caller waits a propagation delay before stopping."""
+        assert self.node is not None
+        self.node.emit(self.node.core.leave(self._monotonic()))
+
+    def members(self) -> list[Node]:
+        return self.core.members() if self.node is not None else []
+
+
+def _with_encryption(config: GossipConfig) -> GossipConfig:
+    return attrs.evolve(config, encrypted=True)

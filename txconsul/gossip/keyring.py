@@ -1,0 +1,111 @@
+# -*- test-case-name: txconsul.test.gossip.test_adapter -*-
+"""
+memberlist's AES-GCM packet and stream encryption with a rotating keyring
+(spec sections 4.5 and 5.5): the primary key seals, every key may open.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import struct
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from txconsul.gossip.wire import ENCRYPT, Incomplete, MalformedPacket
+
+VERSION = 1
+NONCE = 12
+TAG = 16
+OVERHEAD = 1 + NONCE + TAG
+#: memberlist refuses encrypted streams longer than this.
+MAX_STREAM = 20 * 1024 * 1024
+_STREAM_HEADER = struct.Struct(">BI")
+
+
+class KeyringError(ValueError):
+    """A key of the wrong size or encoding, or a keyring operation that is not allowed."""
+
+
+def decode_key(text: str) -> bytes:
+    """Decode a base64 ``encrypt`` key and check its size (16, 24 or 32 bytes)."""
+    try:
+        key = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise KeyringError("the key is not valid base64") from e
+    if len(key) not in (16, 24, 32):
+        raise KeyringError("a key is 16, 24 or 32 bytes")
+    return key
+
+
+class Keyring:
+    """Keys in order of preference; ``keys[0]`` is the primary."""
+
+    def __init__(self, keys: list[bytes]) -> None:
+        if not keys:
+            raise KeyringError("a keyring needs a key")
+        for key in keys:
+            if len(key) not in (16, 24, 32):
+                raise KeyringError("a key is 16, 24 or 32 bytes")
+        self.keys = list(keys)
+
+    def install(self, key: bytes) -> None:
+        if len(key) not in (16, 24, 32):
+            raise KeyringError("a key is 16, 24 or 32 bytes")
+        if key not in self.keys:
+            self.keys.append(key)
+
+    def use(self, key: bytes) -> None:
+        if key not in self.keys:
+            raise KeyringError("the key is not installed")
+        self.keys.remove(key)
+        self.keys.insert(0, key)
+
+    def remove(self, key: bytes) -> None:
+        if key == self.keys[0]:
+            raise KeyringError("the primary key cannot be removed")
+        if key in self.keys:
+            self.keys.remove(key)
+
+    def _seal(self, plain: bytes, aad: bytes | None) -> bytes:
+        nonce = os.urandom(NONCE)
+        return bytes([VERSION]) + nonce + AESGCM(self.keys[0]).encrypt(nonce, plain, aad)
+
+    def _open(self, data: bytes, aad: bytes | None) -> bytes:
+        if len(data) < OVERHEAD:
+            raise MalformedPacket("encrypted payload too short")
+        if data[0] != VERSION:
+            raise MalformedPacket(f"unsupported encryption version {data[0]}")
+        nonce, sealed = data[1 : 1 + NONCE], data[1 + NONCE :]
+        for key in self.keys:
+            try:
+                return AESGCM(key).decrypt(nonce, sealed, aad)
+            except InvalidTag:
+                continue
+        raise MalformedPacket("no installed key could decrypt the message")
+
+    def encrypt_packet(self, plain: bytes) -> bytes:
+        return self._seal(plain, None)
+
+    def decrypt_packet(self, data: bytes) -> bytes:
+        return self._open(data, None)
+
+    def encrypt_stream(self, plain: bytes) -> bytes:
+        header = _STREAM_HEADER.pack(ENCRYPT, OVERHEAD + len(plain))
+        return header + self._seal(plain, header)
+
+    def decrypt_stream(self, buffer: bytes) -> tuple[bytes, int]:
+        """:return: the plaintext of the frame at the start of ``buffer``, and its length."""
+        if len(buffer) < _STREAM_HEADER.size:
+            raise Incomplete("encrypted stream header")
+        kind, length = _STREAM_HEADER.unpack_from(buffer)
+        if kind != ENCRYPT:
+            raise MalformedPacket("stream is not encrypted")
+        if length > MAX_STREAM:
+            raise MalformedPacket("encrypted stream too long")
+        end = _STREAM_HEADER.size + length
+        if len(buffer) < end:
+            raise Incomplete("encrypted stream body")
+        return self._open(buffer[_STREAM_HEADER.size : end], buffer[: _STREAM_HEADER.size]), end

@@ -1,0 +1,149 @@
+"""
+Tests for txconsul.gossip.keyring and txconsul.gossip.adapter: the keyring in
+memory, and pools converging over real loopback sockets.
+"""
+
+from __future__ import annotations
+
+import base64
+import random
+import time
+from collections.abc import Callable
+
+from twisted.internet import reactor, task  # noqa: TID251 (real-socket test)
+from twisted.internet.interfaces import IReactorTime
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from txconsul.gossip.adapter import Codec, GossipPool
+from txconsul.gossip.keyring import Keyring, KeyringError, decode_key
+from txconsul.gossip.memberlist import GossipConfig, Packet
+from txconsul.gossip.messages import Ack, Ping, PushPull
+from txconsul.gossip.states import MemberState
+from txconsul.gossip.wire import MalformedPacket
+
+KEY = bytes(range(32))
+OTHER = bytes(range(1, 17))
+FAST = GossipConfig(
+    probe_interval=0.2,
+    probe_timeout=0.1,
+    gossip_interval=0.05,
+    push_pull_interval=2.0,
+    suspicion_mult=3,
+    tcp_timeout=2.0,
+)
+
+
+class KeyringTests(SynchronousTestCase):
+    def test_packet_round_trip_and_overhead(self) -> None:
+        ring = Keyring([KEY])
+        sealed = ring.encrypt_packet(b"x" * 73)
+        self.assertEqual(len(sealed), 102)
+        self.assertEqual(sealed[0], 1)
+        self.assertEqual(ring.decrypt_packet(sealed), b"x" * 73)
+
+    def test_any_installed_key_opens(self) -> None:
+        old = Keyring([OTHER])
+        ring = Keyring([KEY, OTHER])
+        self.assertEqual(ring.decrypt_packet(old.encrypt_packet(b"hi")), b"hi")
+
+    def test_wrong_key_is_malformed(self) -> None:
+        sealed = Keyring([OTHER]).encrypt_packet(b"hi")
+        self.assertRaises(MalformedPacket, Keyring([KEY]).decrypt_packet, sealed)
+        self.assertRaises(MalformedPacket, Keyring([KEY]).decrypt_packet, b"\x01short")
+
+    def test_stream_frame_authenticates_its_header(self) -> None:
+        ring = Keyring([KEY])
+        frame = ring.encrypt_stream(b"payload")
+        self.assertEqual(frame[:5], b"\x0a\x00\x00\x00\x24")
+        self.assertEqual(ring.decrypt_stream(frame + b"more"), (b"payload", len(frame)))
+        tampered = frame[:4] + b"\x25" + frame[5:] + b"\x00"
+        self.assertRaises(MalformedPacket, ring.decrypt_stream, tampered)
+
+    def test_rotation(self) -> None:
+        ring = Keyring([KEY])
+        ring.install(OTHER)
+        ring.use(OTHER)
+        self.assertEqual(ring.keys[0], OTHER)
+        self.assertRaises(KeyringError, ring.remove, OTHER)
+        ring.remove(KEY)
+        self.assertEqual(ring.keys, [OTHER])
+
+    def test_key_text(self) -> None:
+        self.assertEqual(decode_key(base64.b64encode(KEY).decode()), KEY)
+        self.assertRaises(KeyringError, decode_key, base64.b64encode(b"short").decode())
+        self.assertRaises(KeyringError, decode_key, "not base64!")
+
+
+class CodecTests(SynchronousTestCase):
+    def test_encrypted_compressed_packet_round_trip(self) -> None:
+        codec = Codec(Keyring([KEY]))
+        packet = Packet(("127.0.0.1", 1), (Ping(1, "a"), Ack(2)), crc=True)
+        self.assertEqual(codec.decode_packet(codec.encode_packet(packet)), [Ping(1, "a"), Ack(2)])
+
+    def test_plaintext_is_refused_when_encrypting(self) -> None:
+        plain = Codec().encode_packet(Packet(("127.0.0.1", 1), (Ack(2),)))
+        self.assertRaises(MalformedPacket, Codec(Keyring([KEY])).decode_packet, plain)
+
+    def test_stream_round_trip(self) -> None:
+        for codec in (Codec(), Codec(Keyring([KEY])), Codec(compress=False)):
+            data = codec.encode_stream(PushPull(True, ()))
+            self.assertEqual(codec.decode_stream(data), (PushPull(True, ()), len(data)))
+
+
+class LoopbackTests(TestCase):
+    """Pools on real sockets, 127.0.0.1 and port 0, in this process."""
+
+    timeout = 30
+
+    def start_pool(self, name: str, keyring: Keyring | None = None) -> GossipPool:
+        pool = GossipPool(
+            reactor,
+            time.monotonic,
+            name,
+            config=FAST,
+            rng=random.Random(name),
+            keyring=keyring,
+        )
+        pool.startService()
+        self.addCleanup(pool.stopService)
+        return pool
+
+    async def wait_for(self, condition: Callable[[], bool], limit: float = 10.0) -> None:
+        clock: IReactorTime = reactor
+        end = time.monotonic() + limit
+        while not condition():
+            if time.monotonic() > end:
+                self.fail("condition not met in time")
+            await task.deferLater(clock, 0.05, lambda: None)
+
+    def alive_everywhere(self, pools: list[GossipPool]) -> bool:
+        names = {p.node_name for p in pools}
+        return all(
+            {m.name for m in p.members() if m.state == MemberState.ALIVE} == names for p in pools
+        )
+
+    async def test_three_pools_converge(self) -> None:
+        pools = [self.start_pool(f"pool-{i}") for i in range(3)]
+        joined = await pools[1].join([pools[0].address()])
+        self.assertEqual(joined, 1)
+        await pools[2].join([pools[1].address()])
+        await self.wait_for(lambda: self.alive_everywhere(pools))
+
+    async def test_encrypted_pools_converge_and_a_stopped_one_is_declared_dead(self) -> None:
+        pools = [self.start_pool(f"enc-{i}", Keyring([KEY])) for i in range(3)]
+        for pool in pools[1:]:
+            await pool.join([pools[0].address()])
+        await self.wait_for(lambda: self.alive_everywhere(pools))
+        await pools[2].stopService()
+
+        def declared_dead() -> bool:
+            return all(p.core.nodes["enc-2"].state == MemberState.DEAD for p in pools[:2])
+
+        await self.wait_for(declared_dead, limit=15)
+
+    async def test_join_with_the_wrong_key_fails(self) -> None:
+        a = self.start_pool("a", Keyring([KEY]))
+        b = self.start_pool("b", Keyring([OTHER]))
+        joined = await b.join([a.address()])
+        self.assertEqual(joined, 0)
+        self.assertNotIn("a", b.core.nodes)
