@@ -375,6 +375,9 @@ class GossipPool(Service):
             self._monotonic(),
             self._delegate,
         )
+        attach = getattr(self._delegate, "attach", None)
+        if attach is not None:
+            attach(core)  # the serf layer lists itself
         self.node = GossipNode(core, self.codec, self._reactor, self._monotonic, self._interface)
         self._proto.node = self.node
         self.node.udp = self._proto
@@ -445,6 +448,11 @@ class GossipPool(Service):
         """Announce our leave; the caller waits a propagation delay before stopping."""
         assert self.node is not None
         self.node.emit(self.node.core.leave(self._monotonic()))
+
+    def flush(self) -> None:
+        """Re-arm after the delegate queued broadcasts outside a core call."""
+        if self.node is not None:
+            self.node.arm()
 
     def members(self) -> list[Node]:
         return self.core.members() if self.node is not None else []

@@ -1,0 +1,228 @@
+"""
+Tests for the serf layer (txconsul.gossip.serf): unit tests of intents and
+events, and interop with the real ``serf`` agent (Debian package ``serf``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+
+from twisted.internet import reactor, task  # noqa: TID251 (real-process test)
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
+
+from txconsul.gossip.adapter import GossipPool
+from txconsul.gossip.memberlist import GossipConfig, Memberlist
+from txconsul.gossip.serf import (
+    JOIN,
+    LEAVE,
+    LamportClock,
+    MemberEvent,
+    MemberStatus,
+    Serf,
+    UserEvent,
+    decode_tags,
+    encode_tags,
+)
+from txconsul.gossip.wire import pack
+
+
+def serf_pair() -> tuple[Serf, Memberlist]:
+    serf = Serf("a", {"role": "node", "dc": "dc1"})
+    core = Memberlist("a", ("10.0.0.1", 8301), GossipConfig(), random.Random(1), 0.0, serf)
+    serf.attach(core)
+    return serf, core
+
+
+class SerfUnitTests(SynchronousTestCase):
+    def test_tags_encoding_matches_serf(self) -> None:
+        self.assertEqual(
+            encode_tags({"role": "web", "dc": "dc1"}).hex(), "ff82a26463a3646331a4726f6c65a3776562"
+        )
+        self.assertEqual(
+            decode_tags(bytes.fromhex("ff82a4726f6c65a3776562a26463a3646331")),
+            {"role": "web", "dc": "dc1"},
+        )
+        self.assertEqual(decode_tags(b"web"), {"role": "web"})
+
+    def test_lamport_clock(self) -> None:
+        clock = LamportClock()
+        clock.witness(5)
+        self.assertEqual(clock.time(), 6)
+        clock.witness(2)
+        self.assertEqual(clock.time(), 6)
+
+    def test_user_event_is_delivered_once(self) -> None:
+        serf, _ = serf_pair()
+        message = bytes([3]) + pack({"CC": False, "LTime": 4, "Name": "deploy", "Payload": b"v1"})
+        serf.notify_msg(0.0, message)
+        serf.notify_msg(0.0, message)
+        self.assertEqual(serf.drain_events(), [UserEvent(4, "deploy", b"v1", False)])
+        self.assertEqual(serf.event_clock.time(), 5)
+
+    def test_leave_intent_then_memberlist_leave_is_left(self) -> None:
+        serf, core = serf_pair()
+        from txconsul.gossip.messages import Alive, Dead, ip_bytes
+
+        core.receive(
+            0.0, ("10.0.0.2", 8301), Alive(1, "b", ip_bytes("10.0.0.2"), 8301, encode_tags({}))
+        )
+        serf.notify_msg(0.0, bytes([LEAVE]) + pack({"LTime": 3, "Node": "b", "Prune": False}))
+        self.assertEqual(serf.members["b"].status, MemberStatus.LEAVING)
+        core.receive(0.0, ("10.0.0.2", 8301), Dead(1, "b", "b"))
+        self.assertEqual(serf.members["b"].status, MemberStatus.LEFT)
+        self.assertEqual(serf.drain_events()[-1], MemberEvent("member-leave", "b"))
+
+    def test_failure_without_intent_is_failed(self) -> None:
+        serf, core = serf_pair()
+        from txconsul.gossip.messages import Alive, Dead, ip_bytes
+
+        core.receive(
+            0.0, ("10.0.0.2", 8301), Alive(1, "b", ip_bytes("10.0.0.2"), 8301, encode_tags({}))
+        )
+        core.receive(0.0, ("10.0.0.2", 8301), Dead(1, "b", "c"))
+        self.assertEqual(serf.members["b"].status, MemberStatus.FAILED)
+
+    def test_intent_for_unknown_member_is_kept_for_its_join(self) -> None:
+        serf, core = serf_pair()
+        from txconsul.gossip.messages import Alive, ip_bytes
+
+        serf.notify_msg(0.0, bytes([JOIN]) + pack({"LTime": 7, "Node": "c"}))
+        core.receive(
+            0.0, ("10.0.0.3", 8301), Alive(1, "c", ip_bytes("10.0.0.3"), 8301, encode_tags({}))
+        )
+        self.assertEqual(serf.members["c"].status_ltime, 7)
+
+    def test_push_pull_state_round_trip(self) -> None:
+        a, _ = serf_pair()
+        a.user_event("deploy", b"x")
+        b = Serf("b", {})
+        b.merge_remote_state(0.0, a.local_state(False), False)
+        self.assertEqual(
+            [e for e in b.drain_events() if isinstance(e, UserEvent)],
+            [UserEvent(1, "deploy", b"x", False)],
+        )
+
+    def test_garbage_user_messages_are_ignored(self) -> None:
+        serf, _ = serf_pair()
+        for junk in (b"\x03", b"\x03\xc1", b"\x01\x80\x80", b"\x00\x81\xa5LTime\xa1x", b"\x02\x90"):
+            serf.notify_msg(0.0, junk)
+            serf.merge_remote_state(0.0, junk, False)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.bind(("127.0.0.1", 0))
+        port: int = udp.getsockname()[1]
+    return port
+
+
+class SerfInteropTests(TestCase):
+    """A txconsul pool and a real serf 0.9.4 agent on loopback (spec section 10)."""
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        self.serf_bin = shutil.which("serf")
+        if self.serf_bin is None:
+            if os.environ.get("CI") == "true":
+                self.fail("the serf binary is missing (apt-get install serf)")
+            raise SkipTest("needs the serf binary: apt-get install serf")
+        self.gossip_port = free_port()
+        self.rpc = f"127.0.0.1:{free_port()}"
+        self.log = tempfile.NamedTemporaryFile(prefix="serf-", suffix=".log", delete=False)
+        self.addCleanup(os.unlink, self.log.name)
+        args = [
+            self.serf_bin,
+            "agent",
+            "-node=serf-a",
+            f"-bind=127.0.0.1:{self.gossip_port}",
+            f"-rpc-addr={self.rpc}",
+            "-log-level=debug",
+            "-tag",
+            "role=web",
+        ]
+        self.process = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
+        self.addCleanup(self._stop_serf)
+
+    def _stop_serf(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+        self.log.close()
+
+    def serf_cli(self, command: str, *args: str) -> str:
+        assert self.serf_bin is not None
+        done = subprocess.run(
+            [self.serf_bin, command, f"-rpc-addr={self.rpc}", *args],
+            capture_output=True,
+            timeout=5,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(done.stderr.decode())
+        return done.stdout.decode()
+
+    def serf_members(self) -> dict[str, dict[str, object]]:
+        try:
+            listing = json.loads(self.serf_cli("members", "-format=json"))
+        except (RuntimeError, ValueError):
+            return {}
+        return {m["name"]: m for m in listing["members"]}
+
+    async def wait_for(self, condition: Callable[[], bool], limit: float = 20.0) -> None:
+        end = time.monotonic() + limit
+        while not condition():
+            if time.monotonic() > end:
+                with open(self.log.name) as f:
+                    tail = f.read()[-2000:]
+                self.fail(f"condition not met in time; serf log:\n{tail}")
+            await task.deferLater(reactor, 0.1, lambda: None)
+
+    async def test_pool_joins_serf_and_exchanges_user_events(self) -> None:
+        await self.wait_for(lambda: "serf-a" in self.serf_members())
+        serf = Serf("txconsul-1", {"role": "node", "dc": "dc1"})
+        pool = GossipPool(
+            reactor, time.monotonic, "txconsul-1", rng=random.Random(5), delegate=serf
+        )
+        pool.startService()
+        self.addCleanup(pool.stopService)
+        joined = await pool.join([("127.0.0.1", self.gossip_port)])
+        self.assertEqual(joined, 1)
+        serf.join_intent()
+        pool.flush()
+
+        def both_alive() -> bool:
+            theirs = self.serf_members().get("txconsul-1")
+            ours = serf.members.get("serf-a")
+            return (
+                theirs is not None
+                and theirs["status"] == "alive"
+                and theirs["tags"] == {"role": "node", "dc": "dc1"}
+                and ours is not None
+                and ours.status == MemberStatus.ALIVE
+                and ours.tags == {"role": "web"}
+            )
+
+        await self.wait_for(both_alive)
+        self.serf_cli("event", "deploy", "from-serf")
+        await self.wait_for(
+            lambda: any(isinstance(e, UserEvent) and e.payload == b"from-serf" for e in serf.events)
+        )
+        serf.user_event("hello", b"from-txconsul")
+        pool.flush()
+
+        def serf_saw_it() -> bool:
+            with open(self.log.name) as f:
+                return "user-event: hello" in f.read()
+
+        await self.wait_for(serf_saw_it)
