@@ -15,6 +15,7 @@ import base64
 import binascii
 import ipaddress
 import json
+import math
 import os
 import re
 import socket
@@ -104,14 +105,35 @@ def read_config_file(path: str) -> dict[str, Any]:
     """One JSON config file as a dict, or ConfigError naming the file."""
     try:
         with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+            data = json.load(f, parse_int=_json_int, parse_float=_json_float, parse_constant=_no)
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from e
     except (ValueError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: not valid JSON: {e}") from e
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a JSON object")
     return data
+
+
+# Go's decoder (Consul's) has no NaN or Infinity and no integers beyond 64 bits.
+def _json_int(text: str) -> int:
+    n = int(text)
+    if not -(2**63) <= n < 2**64:
+        raise ValueError(f"number {text[:24]} overflows 64 bits")
+    return n
+
+
+def _json_float(text: str) -> float:
+    x = float(text)
+    if not math.isfinite(x):
+        raise ValueError(f"number {text[:24]} is out of range")
+    return x
+
+
+def _no(name: str) -> Any:
+    raise ValueError(f"invalid character {name[:1]!r} looking for beginning of value")
 
 
 def config_files(files: Sequence[str], dirs: Sequence[str]) -> list[str]:
@@ -170,6 +192,9 @@ def _join_address(value: object, key: str, what: str) -> str:
 def build(raw: Mapping[str, Any], what: str = "configuration") -> AgentConfig:
     """Check a merged configuration and turn it into an AgentConfig."""
     kw: dict[str, Any] = {"raw": dict(raw)}
+    for key in sorted(_LIST_KEYS & raw.keys()):
+        if not isinstance(raw[key], list):
+            raise ConfigError(f"{what}: {key} must be a list, not {raw[key]!r:.40}")
     dev = bool(raw.get("dev"))
     kw["dev"] = dev
     if "server" in raw:
