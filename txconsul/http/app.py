@@ -148,6 +148,8 @@ def read_json(request: IRequest, allow_empty: bool = False) -> Any:
         )
     except (ValueError, UnicodeDecodeError) as e:
         raise BadRequest(f"Request decode failed: {e}") from None
+    except RecursionError:
+        raise BadRequest("Request decode failed: nested too deeply") from None
 
 
 # Go's decoder has no NaN or Infinity and no integers beyond 64 bits; letting
