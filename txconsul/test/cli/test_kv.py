@@ -77,6 +77,26 @@ class KVGetPutTests(AgentTestCase):
         got = await self.cli("kv", "get", "-base64", "blob")
         self.assertEqual(got.out, base64.b64encode(data).decode() + "\n")
 
+    async def test_at_path_reads_the_value_from_a_file(self) -> None:
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(b"from a file")
+        self.assertEqual((await self.cli("kv", "put", "f", "@" + path)).code, 0)
+        self.assertEqual((await self.cli("kv", "get", "f")).out, "from a file\n")
+
+    async def test_double_dash_lets_a_value_start_with_a_dash(self) -> None:
+        self.assertEqual((await self.cli("kv", "put", "--", "counter", "-1")).code, 0)
+        self.assertEqual((await self.cli("kv", "get", "counter")).out, "-1\n")
+
+    async def test_recurse_detailed_prints_one_block_per_key(self) -> None:
+        await self.cli("kv", "put", "d/a", "1")
+        await self.cli("kv", "put", "d/b", "2")
+        got = await self.cli("kv", "get", "-recurse", "-detailed", "d/")
+        blocks = got.out.split("\n\n")
+        self.assertEqual(len(blocks), 2)
+        self.assertIn("Key              d/a\n", blocks[0])
+        self.assertIn("Value            2\n", blocks[1])
+
     async def test_put_without_a_value_stores_an_empty_one(self) -> None:
         put = await self.cli("kv", "put", "empty")
         self.assertEqual(put.code, 0)
@@ -172,3 +192,21 @@ class KVDeleteTests(AgentTestCase):
         got = await self.cli("kv", "delete", "-cas", "-modify-index=1", "-recurse", "t")
         self.assertEqual(got.code, 1)
         self.assertTrue(got.err.startswith("Cannot specify both -cas and -recurse!\n"))
+
+
+class KVLockTests(AgentTestCase):
+    async def setUp(self) -> None:
+        await self.start()
+
+    async def test_acquire_needs_a_session(self) -> None:
+        got = await self.cli("kv", "put", "-acquire", "lock", "me")
+        self.assertEqual(got.code, 1)
+        self.assertTrue(got.err.startswith("Must specify -session with -acquire or -release!\n"))
+
+    async def test_acquire_with_an_unknown_session_reports_the_agents_error(self) -> None:
+        got = await self.cli("kv", "put", "-acquire", "-session=no-such-session", "lock", "me")
+        self.assertEqual((got.code, got.out), (1, ""))
+        self.assertTrue(
+            got.err.startswith("Error! Failed writing data: Unexpected response code: 5"), got.err
+        )
+        self.assertIsNone(await self.api("GET", "/v1/kv/lock"))
