@@ -96,6 +96,7 @@ class AgentProcessTests(TestCase):
             "-dns-port=0",
             "-serf-lan-port=0",
             "-serf-wan-port=0",
+            "-server-port=0",
         ]
         child = _Child()
         transport = reactor.spawnProcess(child, sys.executable, args, env=_child_env())
