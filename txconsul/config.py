@@ -89,7 +89,9 @@ class AgentConfig:
 def _merge(into: dict[str, Any], new: Mapping[str, Any]) -> None:
     for key, value in new.items():
         if key in ("service", "check"):
-            into.setdefault(key + "s", []).append(value)
+            plural = into.setdefault(key + "s", [])
+            if isinstance(plural, list):  # else build() says that it must be a list
+                plural.append(value)
         elif key in _LIST_KEYS and isinstance(value, list):
             into.setdefault(key, []).extend(value)
         elif isinstance(value, Mapping) and isinstance(into.get(key), dict):
