@@ -31,6 +31,7 @@ from txconsul.agent.definitions import (
     parse_service,
 )
 from txconsul.dns.config import DNSConfig, check_domain, parse_dns_config, parse_recursor
+from txconsul.duration import duration_value
 from txconsul.errors import BadRequest, ConfigError
 
 DEFAULT_PORTS = {
@@ -72,6 +73,9 @@ class AgentConfig:
     dns: DNSConfig = attrs.field(factory=DNSConfig)
     node_meta: Mapping[str, str] = attrs.field(factory=dict)
     kv_max_value_size: int = 512 * 1024
+    enable_script_checks: bool = False
+    enable_local_script_checks: bool = False
+    check_update_interval: float = 300.0
     services: tuple[ServiceDefinition, ...] = ()
     checks: tuple[CheckDefinition, ...] = ()
     raw: Mapping[str, Any] = attrs.field(factory=dict)
@@ -276,6 +280,16 @@ def build(raw: Mapping[str, Any], what: str = "configuration") -> AgentConfig:
         if not all(isinstance(v, str) for v in meta.values()):
             raise ConfigError(f"{what}: node_meta values must be strings")
         kw["node_meta"] = dict(meta)
+    for key in ("enable_script_checks", "enable_local_script_checks"):
+        if key in raw:
+            kw[key] = _type(raw, key, bool, what)
+    if "check_update_interval" in raw:
+        try:
+            kw["check_update_interval"] = duration_value(raw["check_update_interval"])
+        except BadRequest as e:
+            raise ConfigError(f"{what}: check_update_interval: {e}") from None
+        if kw["check_update_interval"] < 0:
+            raise ConfigError(f"{what}: check_update_interval must not be negative")
     if "kv_max_value_size" in raw:
         kw["kv_max_value_size"] = _type(raw, "kv_max_value_size", int, what)
     services = []

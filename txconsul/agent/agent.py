@@ -103,7 +103,7 @@ class Agent(MultiService):
         self.store = StateStore()
         self.fsm = FSM(self.store)
         self.consensus = SingleNodeLog(self.fsm, config.rpc_address)
-        self.local = LocalState(self, clock)
+        self.local = LocalState(self, reactor, self.rng)
         self.http_api = HTTPApi(self, clock, self.rng)
         self.site = APISite(self.http_api.resource())
         self.http = TCPListener(tcp, self.site, config.ports["http"], config.client_addr)

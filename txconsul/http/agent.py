@@ -60,14 +60,24 @@ def install(app: Klein, api: HTTPApi) -> None:
     local = agent.local
 
     def check_rows() -> dict[str, Any]:
+        """The agent's checks as it knows them now (output included, even
+        where the catalog is still to be told), with the catalog's indexes."""
         node = agent.config.node_name
         in_catalog = api.store.catalog.checks.get(node, {})
         out = {}
         for cid in sorted(local.checks):
-            row = in_catalog.get(cid)
-            if row is None:
-                state = local.checks[cid]
-                row = dict(state.catalog_row(), Node=node, ServiceName="", ServiceTags=[])
+            state = local.checks[cid]
+            service = local.services.get(state.definition.service_id)
+            row = dict(
+                state.catalog_row(),
+                Node=node,
+                ServiceName=service.name if service else "",
+                ServiceTags=list(service.tags) if service else [],
+                ExposedPort=0,
+            )
+            known = in_catalog.get(cid)
+            row["CreateIndex"] = known["CreateIndex"] if known else 0
+            row["ModifyIndex"] = known["ModifyIndex"] if known else 0
             out[cid] = row
         return out
 

@@ -219,3 +219,50 @@ class OptionsTests(SynchronousTestCase):
         service = makeService(options)
         self.assertIsInstance(service, Agent)
         self.assertFalse(service.running)
+
+
+class EdgeTriggerTests(SynchronousTestCase):
+    """Check results reach the catalog when the status changes, output alone rarely."""
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        config = load({"dev": True, "node_name": "n1", "check_update_interval": "5m"})
+        self.agent = Agent(config, self.reactor, random.Random(0))
+        self.agent.startService()
+        self.addCleanup(self.agent.stopService)
+        self.successResultOf(self.agent.local.add_check(parse_check({"name": "t", "ttl": "1h"})))
+        self.state = self.agent.local.checks["t"]
+
+    def catalog(self) -> tuple[str, str]:
+        row = self.agent.store.catalog.checks["n1"]["t"]
+        return row["Status"], row["Output"]
+
+    def test_status_change_is_written_at_once(self) -> None:
+        self.successResultOf(self.agent.local._set_status(self.state, "passing", "a"))
+        self.assertEqual(self.catalog(), ("passing", "a"))
+
+    def test_output_change_waits_for_check_update_interval(self) -> None:
+        self.successResultOf(self.agent.local._set_status(self.state, "passing", "a"))
+        index = self.agent.store.last_index
+        self.reactor.advance(10)
+        self.successResultOf(self.agent.local._set_status(self.state, "passing", "b"))
+        self.successResultOf(self.agent.local._set_status(self.state, "passing", "c"))
+        self.assertEqual(self.catalog(), ("passing", "a"))
+        self.assertEqual(self.agent.store.last_index, index)
+        self.reactor.advance(290)
+        self.assertEqual(self.catalog(), ("passing", "c"))
+        self.assertEqual(self.agent.store.last_index, index + 1)
+
+    def test_status_change_carries_the_waiting_output_at_once(self) -> None:
+        self.successResultOf(self.agent.local._set_status(self.state, "passing", "a"))
+        self.successResultOf(self.agent.local._set_status(self.state, "passing", "b"))
+        self.successResultOf(self.agent.local._set_status(self.state, "warning", "c"))
+        self.assertEqual(self.catalog(), ("warning", "c"))
+        self.assertIsNone(self.state.deferred_sync)
+
+    def test_script_checks_from_the_api_are_refused_unless_enabled(self) -> None:
+        from txconsul.errors import BadRequest
+
+        check = parse_check({"name": "s", "args": ["/bin/true"], "interval": "10s"})
+        self.assertRaises(BadRequest, self.agent.local.add_check, check)
+        self.assertNotIn("s", self.agent.local.checks)

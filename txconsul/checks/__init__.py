@@ -1,0 +1,1 @@
+"""Check runners: script, HTTP and TCP checks, run where the service runs."""
