@@ -15,7 +15,7 @@ import math
 import random
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote_to_bytes
 
 import attrs
 from klein import Klein
@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.exceptions import NotFound as WerkzeugNotFound
 from werkzeug.routing import RequestRedirect
@@ -214,6 +215,9 @@ class HTTPApi:
         self.clock = clock
         self.rng = rng
         self.app = Klein()
+        # path prefix -> method -> handler(request, rest of path), served by
+        # APIRoot without Klein's routing; a family fills it in if it wants.
+        self.fast_routes: dict[bytes, dict[bytes, Callable[[IRequest, str], Any]]] = {}
         self._install_errors()
         from txconsul.http import agent as agent_routes
         from txconsul.http import catalog, health, kv, status, txn
@@ -222,7 +226,7 @@ class HTTPApi:
             family.install(self.app, self)
 
     def resource(self) -> Any:
-        return _UTF8Guard(self.app.resource())
+        return APIRoot(self, self.app.resource())
 
     @property
     def store(self) -> Any:
@@ -394,24 +398,82 @@ def _timed_out(result: object, timeout: float) -> None:
     return None
 
 
-class _UTF8Guard(Resource):
+class APIRoot(Resource):
     """
-    Refuses a request whose path, host or method is not UTF-8 before Klein
-    sees it: Klein answers the path and host with an HTML 400 and a logged
-    traceback each, and fails on the method with a 500.
+    The root of the API: a fast path for the hottest endpoints, Klein for the rest.
+
+    Klein's routing (werkzeug's matcher, and an IDNA encoding of the Host
+    header on every request) costs more than the KV handler itself, so the
+    prefixes in ``HTTPApi.fast_routes`` are dispatched here by a dict lookup,
+    with the same handlers and the same error mapping.
+
+    It also refuses a request whose path, host or method is not UTF-8 before
+    Klein sees it: Klein answers the path and host with an HTML 400 and a
+    logged traceback each, and fails on the method with a 500.
     """
 
     isLeaf = True
+    log = Logger()
 
-    def __init__(self, inner: Resource) -> None:
+    def __init__(self, api: HTTPApi, inner: Resource) -> None:
         super().__init__()
+        self._api = api
         self._inner = inner
 
     def render(self, request: IRequest) -> Any:
         try:
-            b"/".join(request.prepath + request.postpath).decode("utf-8")
+            path: bytes = request.path
+            unquote_to_bytes(path).decode("utf-8")
             request.getRequestHostname().decode("utf-8")
             request.method.decode("utf-8")
         except UnicodeDecodeError:
             return HTTPApi.plain_error(request, 400, "Invalid URL encoding: not UTF-8")
+        for prefix, methods in self._api.fast_routes.items():
+            if path.startswith(prefix) and len(path) > len(prefix) and b"//" not in path:
+                handler = methods.get(request.method)
+                if handler is None:
+                    break  # Klein answers 405 with the Allow header
+                try:
+                    rest = unquote_to_bytes(path[len(prefix) :]).decode("utf-8")
+                except UnicodeDecodeError:
+                    return HTTPApi.plain_error(request, 400, "Invalid URL encoding: not UTF-8")
+                return self._serve(request, handler, rest)
         return self._inner.render(request)
+
+    def _serve(self, request: IRequest, handler: Callable[[IRequest, str], Any], rest: str) -> Any:
+        try:
+            result = handler(request, rest)
+        except Exception as e:  # noqa: BLE001 - mapped to a status as Klein's handlers do
+            return self._error(request, Failure(e))
+        if not isinstance(result, Deferred):
+            return result
+        gone: list[bool] = []
+
+        def client_left(reason: Failure) -> None:
+            # A blocked query whose client went away frees its watch now.
+            gone.append(True)
+            result.cancel()
+
+        request.notifyFinish().addErrback(client_left)  # type: ignore[attr-defined]
+
+        def write(body: bytes) -> None:
+            if gone:
+                return
+            request.setHeader(b"content-length", b"%d" % len(body))
+            request.write(body)
+            request.finish()
+
+        def failed(failure: Failure) -> None:
+            if gone:
+                return
+            write(self._error(request, failure))
+
+        result.addCallbacks(write, failed)
+        return NOT_DONE_YET
+
+    def _error(self, request: IRequest, failure: Failure) -> bytes:
+        error = failure.value
+        if isinstance(error, TxConsulError):
+            return HTTPApi.plain_error(request, error.code, str(error))
+        self.log.failure("unexpected error serving {path}", failure, path=request.uri)
+        return HTTPApi.plain_error(request, 500, "Internal error")

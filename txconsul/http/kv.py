@@ -129,3 +129,6 @@ def install(app: Klein, api: HTTPApi) -> None:
             op["Verb"] = "delete-cas"
             op["Index"] = cas
         return api.apply(request, op)
+
+    # The most used endpoint of all skips Klein's routing (see APIRoot).
+    api.fast_routes[b"/v1/kv/"] = {b"GET": get, b"PUT": put, b"POST": put, b"DELETE": delete}
