@@ -64,6 +64,10 @@ class AgentConfig:
     data_dir: str | None = None
     join: tuple[str, ...] = ()
     retry_join: tuple[str, ...] = ()
+    retry_interval: float = 30.0
+    #: Consul's ``gossip_lan`` / ``gossip_wan`` overrides, as memberlist settings.
+    gossip_lan: Mapping[str, float] = attrs.field(factory=dict)
+    gossip_wan: Mapping[str, float] = attrs.field(factory=dict)
     bootstrap_expect: int = 0
     encrypt: str | None = None
     ui: bool = False
@@ -195,6 +199,30 @@ def _join_address(value: object, key: str, what: str) -> str:
     return value
 
 
+_GOSSIP_DURATIONS = {"gossip_interval", "probe_interval", "probe_timeout"}
+_GOSSIP_COUNTS = {"gossip_nodes", "retransmit_mult", "suspicion_mult"}
+
+
+def _gossip(given: Mapping[str, Any], key: str, what: str) -> dict[str, float]:
+    """``gossip_lan``/``gossip_wan``: durations in seconds, counts as numbers."""
+    out: dict[str, float] = {}
+    for name, value in given.items():
+        if name in _GOSSIP_DURATIONS:
+            try:
+                out[name] = duration_value(value)
+            except BadRequest as e:
+                raise ConfigError(f"{what}: {key}.{name}: {e}") from None
+        elif name in _GOSSIP_COUNTS:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{what}: {key}.{name} must be a number, not {value!r}")
+            out[name] = value
+        else:
+            raise ConfigError(f"{what}: unknown setting {key}.{name}")
+        if out[name] <= 0:
+            raise ConfigError(f"{what}: {key}.{name} must be positive")
+    return out
+
+
 def build(raw: Mapping[str, Any], what: str = "configuration") -> AgentConfig:
     """Check a merged configuration and turn it into an AgentConfig."""
     kw: dict[str, Any] = {"raw": dict(raw)}
@@ -238,6 +266,16 @@ def build(raw: Mapping[str, Any], what: str = "configuration") -> AgentConfig:
     kw["retry_join"] = tuple(
         _join_address(v, "retry_join", what) for v in raw.get("retry_join", [])
     )
+    if "retry_interval" in raw:
+        try:
+            kw["retry_interval"] = duration_value(raw["retry_interval"])
+        except BadRequest as e:
+            raise ConfigError(f"{what}: retry_interval: {e}") from None
+        if kw["retry_interval"] <= 0:
+            raise ConfigError(f"{what}: retry_interval must be positive")
+    for key in ("gossip_lan", "gossip_wan"):
+        if key in raw:
+            kw[key] = _gossip(_type(raw, key, dict, what), key, what)
     if "bootstrap_expect" in raw:
         n = _type(raw, "bootstrap_expect", int, what)
         if n < 0:
@@ -288,10 +326,12 @@ def build(raw: Mapping[str, Any], what: str = "configuration") -> AgentConfig:
             kw["check_update_interval"] = duration_value(raw["check_update_interval"])
         except BadRequest as e:
             raise ConfigError(f"{what}: check_update_interval: {e}") from None
-        if kw["check_update_interval"] < 0:
-            raise ConfigError(f"{what}: check_update_interval must not be negative")
+        if not 0 <= kw["check_update_interval"] <= 86400:
+            raise ConfigError(f"{what}: check_update_interval must be between 0 and 24h")
     if "kv_max_value_size" in raw:
         kw["kv_max_value_size"] = _type(raw, "kv_max_value_size", int, what)
+        if kw["kv_max_value_size"] <= 0:
+            raise ConfigError(f"{what}: kv_max_value_size must be positive")
     services = []
     for i, body in enumerate(raw.get("services", [])):
         try:
