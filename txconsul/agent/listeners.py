@@ -15,6 +15,9 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IListeningPort, IReactorTCP
 from twisted.internet.protocol import ServerFactory
 
+# Many clients (1,000 blocking queries, say) may connect at once.
+BACKLOG = 1024
+
 
 class TCPListener(Service):
     """Listens on one TCP port while running."""
@@ -30,7 +33,7 @@ class TCPListener(Service):
         self._interface = interface
 
     def startService(self) -> None:
-        self.port = self._reactor.listenTCP(self._portno, self._factory, 50, self._interface)
+        self.port = self._reactor.listenTCP(self._portno, self._factory, BACKLOG, self._interface)
         super().startService()
 
     def stopService(self) -> Deferred[Any]:

@@ -22,7 +22,7 @@ from txconsul.agent.definitions import (
     parse_check,
     parse_service,
 )
-from txconsul.errors import BadRequest, NotFound
+from txconsul.errors import BadRequest, MethodNotAllowed, NotFound
 from txconsul.http.app import arg, flag, read_json, router
 
 if TYPE_CHECKING:
@@ -141,6 +141,8 @@ def install(app: Klein, api: HTTPApi) -> None:
     @route("/v1/agent/service/<path:sid>", methods=["GET"])
     def service(request: IRequest, sid: str) -> bytes:
         svc = local.services.get(sid)
+        if svc is None and (sid == "register" or sid.startswith(("deregister/", "maintenance/"))):
+            raise MethodNotAllowed(f"method {request.method.decode()} not allowed")
         if svc is None:
             raise NotFound(f"unknown service ID: {sid}")
         body = agent_service(svc, agent.config.datacenter)

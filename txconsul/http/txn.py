@@ -98,7 +98,12 @@ def install(app: Klein, api: HTTPApi) -> None:
     @route("/v1/txn", methods=["PUT", "POST"])
     def txn(request: IRequest) -> bytes | Deferred[bytes]:
         api.check_dc(request)
-        ops = parse_ops(read_json(request), api.agent.config.kv_max_value_size)
+        try:
+            body = read_json(request)
+        except BadRequest as e:
+            # Consul's txn endpoint words its decode errors this way.
+            raise BadRequest(str(e).replace("Request decode failed", "Failed to parse body")) from None
+        ops = parse_ops(body, api.agent.config.kv_max_value_size)
         if all(op["Verb"] in KV_READ_VERBS for op in ops):
             api.query_options(request)  # checks stale/consistent like any read
             results, errors = api.agent.fsm.txn_ops(0, ops)

@@ -249,7 +249,7 @@ class KVTests(BadInputMixin, SynchronousTestCase):
 class TxnTests(BadInputMixin, SynchronousTestCase):
     def test_malformed_json(self) -> None:
         for body in (b"[{", b"", b"   ", b"\xff\xfe", b"[1,]", b"[NaN]", b"[Infinity]"):
-            self.assertRejected("PUT", "/v1/txn", body, reason="Request decode failed")
+            self.assertRejected("PUT", "/v1/txn", body, reason="Failed to parse body")
 
     def test_body_of_the_wrong_shape(self) -> None:
         for body in (b"{}", b"null", b'"KV"', b"[1]", b"[[]]", b'[{"KV": []}]', b'[{"KV": 5}]'):
@@ -284,7 +284,7 @@ class TxnTests(BadInputMixin, SynchronousTestCase):
 
     def test_number_beyond_64_bits(self) -> None:
         body = b'[{"KV": {"Verb": "set", "Key": "k", "Flags": %d}}]' % 2**64
-        self.assertRejected("PUT", "/v1/txn", body, reason="Request decode failed")
+        self.assertRejected("PUT", "/v1/txn", body, reason="Failed to parse body")
 
     def test_missing_key_and_session(self) -> None:
         self.assertRejected(
