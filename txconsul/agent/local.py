@@ -10,6 +10,8 @@ a change of output alone at most once per ``check_update_interval``.
 
 from __future__ import annotations
 
+import json
+import os
 import random
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +20,12 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
-from txconsul.agent.definitions import CheckDefinition, ServiceDefinition
+from txconsul.agent.definitions import (
+    CheckDefinition,
+    ServiceDefinition,
+    parse_check,
+    parse_service,
+)
 from txconsul.checks.http import HTTPChecker
 from txconsul.checks.runner import RUNNABLE, CheckRunner
 from txconsul.checks.status import CheckResult
@@ -28,6 +35,12 @@ if TYPE_CHECKING:
     from txconsul.agent.agent import Agent
 
 TTL_EXPIRED = "TTL expired"
+NODE_MAINTENANCE = "_node_maintenance"
+SERVICE_MAINTENANCE = "_service_maintenance:"
+DEFAULT_MAINTENANCE_REASON = (
+    "Maintenance mode is enabled for this node, but no reason was provided."
+    " This is a default message."
+)
 SCRIPTS_DISABLED = (
     "Scripts are disabled on this agent; to enable, configure 'enable_script_checks'"
     " or 'enable_local_script_checks' to true"
@@ -47,6 +60,9 @@ class CheckState:
     # output-only change, if one is waiting.
     synced_at: float = 0.0
     deferred_sync: IDelayedCall | None = None
+    # Deregisters the check's service once it has been critical for
+    # deregister_critical_service_after.
+    reaper: IDelayedCall | None = None
 
     def catalog_row(self) -> dict[str, Any]:
         row = self.definition.catalog_row()
@@ -55,10 +71,10 @@ class CheckState:
         return row
 
     def stop(self) -> None:
-        for call in (self.timer, self.deferred_sync):
+        for call in (self.timer, self.deferred_sync, self.reaper):
             if call is not None and call.active():
                 call.cancel()
-        self.timer = self.deferred_sync = None
+        self.timer = self.deferred_sync = self.reaper = None
         if self.runner is not None:
             self.runner.stop()
             self.runner = None
@@ -76,6 +92,11 @@ class LocalState:
         self._http: HTTPChecker | None = None
         self.services: dict[str, ServiceDefinition] = {}
         self.checks: dict[str, CheckState] = {}
+        # What came from config files (reload replaces it), and the bodies of
+        # what came through the API (persisted in data_dir, restored at start).
+        self.from_config: set[tuple[str, str]] = set()
+        self._api_bodies: dict[str, dict[str, Any]] = {"services": {}, "checks": {}}
+        self._maintenance: dict[str, str] = {}
 
     # -- the catalog ------------------------------------------------------------
 
@@ -103,11 +124,18 @@ class LocalState:
         service: ServiceDefinition,
         replace_existing_checks: bool = False,
         from_config: bool = False,
+        body: dict[str, Any] | None = None,
     ) -> Deferred[Any]:
-        """Own ``service`` and its checks, replacing any of the same ID."""
+        """
+        Own ``service`` and its checks, replacing any of the same ID.
+
+        :param body: the registration as the API received it; given, it is
+            kept in ``data_dir`` so that the service survives a restart.
+        """
         for check in service.checks:
             self._allowed(check, from_config)
         sid = service.service_id
+        self._source("services", sid, from_config, body)
         new_ids = {c.check_id for c in service.checks}
         stale = []
         if replace_existing_checks:
@@ -126,6 +154,8 @@ class LocalState:
     def remove_service(self, sid: str) -> Deferred[Any]:
         if self.services.pop(sid, None) is None:
             return succeed(None)
+        self._source("services", sid, False, None)
+        self._maintenance.pop(SERVICE_MAINTENANCE + sid, None)
         for cid in [cid for cid, c in self.checks.items() if c.definition.service_id == sid]:
             self._untrack(cid)
         return self._deregister(ServiceID=sid)
@@ -149,16 +179,24 @@ class LocalState:
         config = self._agent.config
         return config.enable_script_checks or (from_config and config.enable_local_script_checks)
 
-    def add_check(self, check: CheckDefinition, from_config: bool = False) -> Deferred[Any]:
+    def add_check(
+        self,
+        check: CheckDefinition,
+        from_config: bool = False,
+        body: dict[str, Any] | None = None,
+    ) -> Deferred[Any]:
         if check.service_id and check.service_id not in self.services:
             raise BadRequest(f"ServiceID {check.service_id!r} does not exist")
         self._allowed(check, from_config)
+        self._source("checks", check.check_id, from_config, body)
         state = self._track(check, from_config)
-        return self._register(None, [state])
+        sid = check.service_id
+        return self._register(self.services.get(sid) if sid else None, [state])
 
     def remove_check(self, cid: str) -> Deferred[Any]:
         if cid not in self.checks:
             return succeed(None)
+        self._source("checks", cid, False, None)
         self._untrack(cid)
         return self._deregister(CheckID=cid)
 
@@ -168,6 +206,7 @@ class LocalState:
             old.stop()
         state = CheckState(check, check.status, check.output)
         self.checks[check.check_id] = state
+        self._arm_reaper(state)
         if check.kind == "ttl" and check.ttl is not None:
             state.timer = self._reactor.callLater(check.ttl, self._ttl_expired, check.check_id)
         elif self._may_run(check, from_config):
@@ -227,6 +266,8 @@ class LocalState:
             return succeed(None)
         status_changed = state.status != status
         state.status, state.output = status, output
+        if status_changed:
+            self._arm_reaper(state)
         if not status_changed:
             wait = state.synced_at + self._agent.config.check_update_interval
             wait -= self._reactor.seconds()
@@ -249,6 +290,166 @@ class LocalState:
             d = self._sync(state)
             d.addErrback(lambda f: self.log.failure("syncing check output", f))
 
+    # -- deregister_critical_service_after -------------------------------------------
+
+    def _arm_reaper(self, state: CheckState) -> None:
+        after = state.definition.deregister_critical_service_after
+        if after is None or not state.definition.service_id:
+            return
+        if state.status != "critical":
+            if state.reaper is not None and state.reaper.active():
+                state.reaper.cancel()
+            state.reaper = None
+        elif state.reaper is None or not state.reaper.active():
+            # As Consul, never sooner than a minute.
+            state.reaper = self._reactor.callLater(max(after, 60.0), self._reap, state)
+
+    def _reap(self, state: CheckState) -> None:
+        state.reaper = None
+        sid = state.definition.service_id
+        if self.checks.get(state.definition.check_id) is not state or state.status != "critical":
+            return
+        self.log.info(
+            "check {check} critical for too long: deregistering service {service}",
+            check=state.definition.check_id,
+            service=sid,
+        )
+        d = self.remove_service(sid)
+        d.addErrback(lambda f: self.log.failure("reaping service {service}", f, service=sid))
+
+    # -- maintenance ---------------------------------------------------------------
+
+    def node_maintenance(self, enable: bool, reason: str) -> Deferred[Any]:
+        """Take the whole node out of discovery (a critical node-level check), or back."""
+        return self._maintenance_check(
+            NODE_MAINTENANCE, "", "Node Maintenance Mode", enable, reason
+        )
+
+    def service_maintenance(self, sid: str, enable: bool, reason: str) -> Deferred[Any]:
+        if sid not in self.services:
+            raise NotFound(f"Unknown service ID {sid!r}")
+        return self._maintenance_check(
+            SERVICE_MAINTENANCE + sid, sid, "Service Maintenance Mode", enable, reason
+        )
+
+    def _maintenance_check(
+        self, cid: str, sid: str, name: str, enable: bool, reason: str
+    ) -> Deferred[Any]:
+        if not enable:
+            self._maintenance.pop(cid, None)
+            self._persist()
+            if cid not in self.checks:
+                return succeed(None)
+            self._untrack(cid)
+            return self._deregister(CheckID=cid)
+        what = "service" if sid else "node"
+        notes = reason or DEFAULT_MAINTENANCE_REASON.replace("node", what)
+        self._maintenance[cid] = reason
+        self._persist()
+        check = CheckDefinition(
+            check_id=cid, name=name, kind="maintenance", service_id=sid, notes=notes
+        )
+        state = self._track(check)
+        return self._register(self.services.get(sid) if sid else None, [state])
+
+    # -- persistence -----------------------------------------------------------------
+
+    def _state_file(self) -> str | None:
+        data_dir = self._agent.config.data_dir
+        return os.path.join(data_dir, "agent-state.json") if data_dir else None
+
+    def _source(self, kind: str, key: str, from_config: bool, body: dict[str, Any] | None) -> None:
+        """Record where a definition came from, and keep API bodies on disk."""
+        if from_config:
+            self.from_config.add((kind, key))
+        else:
+            self.from_config.discard((kind, key))
+        bodies = self._api_bodies[kind]
+        if body is not None:
+            bodies[key] = body
+        elif key in bodies:
+            del bodies[key]
+        else:
+            return
+        self._persist()
+
+    def _persist(self) -> None:
+        path = self._state_file()
+        if path is None:
+            return
+        data = {**self._api_bodies, "maintenance": self._maintenance}
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def restore(self) -> Deferred[Any]:
+        """Register again what the API registered before the agent restarted."""
+        path = self._state_file()
+        if path is None or not os.path.exists(path):
+            return succeed(None)
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+            services = dict(data.get("services") or {})
+            checks = dict(data.get("checks") or {})
+            maintenance = dict(data.get("maintenance") or {})
+        except (OSError, ValueError, TypeError, AttributeError) as e:
+            self.log.error("cannot read {path}, starting without it: {why}", path=path, why=e)
+            return succeed(None)
+        ds: list[Deferred[Any]] = []
+        for key, body in services.items():
+            try:
+                ds.append(self.add_service(parse_service(body), body=body))
+            except Exception as e:  # noqa: BLE001 - one bad entry must not stop the rest
+                self.log.error("dropping saved service {key}: {why}", key=key, why=e)
+        for key, body in checks.items():
+            try:
+                ds.append(self.add_check(parse_check(body), body=body))
+            except Exception as e:  # noqa: BLE001 - one bad entry must not stop the rest
+                self.log.error("dropping saved check {key}: {why}", key=key, why=e)
+        for cid, reason in maintenance.items():
+            if cid == NODE_MAINTENANCE:
+                ds.append(self.node_maintenance(True, reason))
+            elif (
+                cid.startswith(SERVICE_MAINTENANCE)
+                and cid[len(SERVICE_MAINTENANCE) :] in self.services
+            ):
+                ds.append(self.service_maintenance(cid[len(SERVICE_MAINTENANCE) :], True, reason))
+        return DeferredList(ds, consumeErrors=True)
+
+    # -- reload ------------------------------------------------------------------------
+
+    def reload(
+        self, services: tuple[ServiceDefinition, ...], checks: tuple[CheckDefinition, ...]
+    ) -> Deferred[Any]:
+        """
+        Bring the config-file definitions to ``services`` and ``checks``.
+
+        Removed ones go, added and changed ones are registered again, and
+        unchanged ones are left alone, their checks still running.
+        """
+        ds: list[Deferred[Any]] = []
+        new_services = {s.service_id: s for s in services}
+        new_checks = {c.check_id: c for c in checks}
+        for kind, key in sorted(self.from_config):
+            if kind == "services" and key not in new_services:
+                ds.append(self.remove_service(key))
+            elif kind == "checks" and key not in new_checks:
+                ds.append(self.remove_check(key))
+        for sid, service in new_services.items():
+            if ("services", sid) in self.from_config and self.services.get(sid) == service:
+                continue
+            ds.append(self.add_service(service, replace_existing_checks=True, from_config=True))
+        for cid, check in new_checks.items():
+            state = self.checks.get(cid)
+            if ("checks", cid) in self.from_config and state and state.definition == check:
+                continue
+            ds.append(self.add_check(check, from_config=True))
+        return DeferredList(ds, fireOnOneErrback=True, consumeErrors=True)
+
     def _ttl_expired(self, cid: str) -> None:
         state = self.checks.get(cid)
         if state is None:
@@ -266,7 +467,9 @@ class LocalState:
     def load(
         self, services: tuple[ServiceDefinition, ...], checks: tuple[CheckDefinition, ...]
     ) -> Deferred[Any]:
-        """Register the definitions of the config files."""
+        """Register the definitions of the config files, then what the API
+        registered before a restart (kept in ``data_dir``)."""
         ds = [self.add_service(s, from_config=True) for s in services]
         ds += [self.add_check(c, from_config=True) for c in checks]
-        return DeferredList(ds, fireOnOneErrback=True, consumeErrors=True)
+        d = DeferredList(ds, fireOnOneErrback=True, consumeErrors=True)
+        return d.addCallback(lambda _: self.restore())

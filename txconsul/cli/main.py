@@ -22,6 +22,7 @@ from twisted.python import usage
 
 from txconsul import __version__
 from txconsul.cli.agent import AgentCommand, run_agent
+from txconsul.cli.agentops import Maint, Reload
 from txconsul.cli.catalog import Catalog
 from txconsul.cli.context import Context
 from txconsul.cli.flags import Command, CommandUsageError, ShowHelp, ShowVersion, leaf
@@ -40,6 +41,8 @@ class Options(Command):
         ["catalog", None, Catalog, "List services, nodes and datacenters."],
         ["kv", None, KV, "Read and write the KV store."],
         ["members", None, Members, "List the members of the gossip pool."],
+        ["maint", None, Maint, "Put the node or a service in maintenance mode."],
+        ["reload", None, Reload, "Make the agent read its config files again."],
     ]
 
 
