@@ -138,4 +138,4 @@ def makeService(options: Options) -> IService:
     from txconsul.agent.agent import Agent
 
     assert options.config is not None
-    return Agent(options.config, reactor)
+    return Agent(options.config, reactor, shutdown=reactor.stop)

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import os
 import random
+import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import MultiService
@@ -21,9 +23,11 @@ from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.logger import Logger
 from twisted.web.server import Site
 
-from txconsul import CONSUL_VERSION, __version__
+from txconsul import __version__
 from txconsul.agent.listeners import TCPListener
 from txconsul.agent.local import LocalState
+from txconsul.agent.membership import Membership
+from txconsul.agent.reconcile import Reconciler
 from txconsul.config import AgentConfig
 from txconsul.dns.server import DNSService
 from txconsul.http.app import HTTPApi
@@ -92,8 +96,20 @@ class Agent(MultiService):
 
     log = Logger()
 
-    def __init__(self, config: AgentConfig, reactor: Any, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        reactor: Any,
+        rng: random.Random | None = None,
+        shutdown: Callable[[], object] | None = None,
+    ) -> None:
+        """
+        :param shutdown: ends the agent after ``/v1/agent/leave`` or a failed
+            ``start_join``; the default only stops this service, ``tap.py``
+            stops the reactor.
+        """
         super().__init__()
+        self.shutdown = shutdown if shutdown is not None else self.stopService
         self.config = config
         self.reactor = reactor
         clock: IReactorTime = reactor
@@ -104,6 +120,11 @@ class Agent(MultiService):
         self.fsm = FSM(self.store)
         self.consensus = SingleNodeLog(self.fsm, config.rpc_address)
         self.local = LocalState(self, reactor, self.rng)
+        self.membership = Membership(self, time.monotonic, self.rng)
+        self.membership.setName("gossip")
+        self.membership.setServiceParent(self)
+        if config.server:
+            self.membership.subscribe(Reconciler(self))
         self.http_api = HTTPApi(self, clock, self.rng)
         self.site = APISite(self.http_api.resource())
         self.http = TCPListener(tcp, self.site, config.ports["http"], config.client_addr)
@@ -137,10 +158,15 @@ class Agent(MultiService):
         super().startService()
         d = self._register_self()
         d.addCallback(lambda _: self.local.load(self.config.services, self.config.checks))
+        d.addCallback(lambda _: self.membership.start_joins())
         d.addCallback(lambda _: self._became_ready())
 
         def failed(f: Any) -> None:
-            self.log.failure("the agent could not register itself", f)
+            self.log.failure("the agent could not start", f)
+            waiting, self._waiting = self._waiting, []
+            for w in waiting:
+                w.errback(f)
+            self.reactor.callLater(0, self.shutdown)
 
         d.addErrback(failed)
         self.log.info(
@@ -206,37 +232,18 @@ class Agent(MultiService):
             consumeErrors=True,
         )
 
-    # -- membership (only this agent until gossip lands) -------------------------------
+    # -- membership -----------------------------------------------------------------------
 
     def member(self) -> dict[str, Any]:
-        """This agent as a gossip member."""
-        c = self.config
-        tags = {
-            "role": "consul" if c.server else "node",
-            "dc": c.datacenter,
-            "segment": "",
-            "id": self.node_id,
-            "vsn": "2",
-            "vsn_min": "2",
-            "vsn_max": "3",
-            "build": f"{CONSUL_VERSION}:txconsul",
-        }
-        if c.server:
-            tags["port"] = str(c.ports["server"])
-            if c.bootstrap_expect:
-                tags["expect"] = str(c.bootstrap_expect)
-            elif c.dev:
-                tags["bootstrap"] = "1"
-        return {
-            "Name": c.node_name,
-            "Addr": c.advertise,
-            "Port": c.ports["serf_lan"],
-            "Tags": tags,
-            "Status": 1,
-            "ProtocolMin": 1,
-            "ProtocolMax": 5,
-            "ProtocolCur": 2,
-            "DelegateMin": 2,
-            "DelegateMax": 5,
-            "DelegateCur": 4,
-        }
+        """This agent as a LAN gossip member, as ``/v1/agent/members`` lists it."""
+        return self.membership.self_member()
+
+    def leave(self) -> Deferred[None]:
+        """Leave the gossip pools gracefully, then shut the agent down."""
+        d = self.membership.leave()
+
+        def done(result: object) -> object:
+            self.reactor.callLater(0, self.shutdown)
+            return result
+
+        return d.addBoth(done)

@@ -119,17 +119,6 @@ def install(app: Klein, api: HTTPApi) -> None:
         }
         return api.json(request, body)
 
-    @route("/v1/agent/members", methods=["GET"])
-    def members(request: IRequest) -> bytes:
-        if flag(request, b"wan"):
-            if not agent.config.server:
-                return api.json(request, [])
-            member = agent.member()
-            member["Name"] = f"{agent.config.node_name}.{agent.config.datacenter}"
-            member["Port"] = agent.config.ports["serf_wan"]
-            return api.json(request, [member])
-        return api.json(request, [agent.member()])
-
     @route("/v1/agent/services", methods=["GET"])
     def services(request: IRequest) -> bytes:
         dc = agent.config.datacenter

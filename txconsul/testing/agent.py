@@ -44,7 +44,7 @@ def start_agent(
     config = load(dev_config(**flags), files, dirs)
     agent = Agent(config, reactor, random.Random(1))
     agent.startService()
-    testcase.addCleanup(agent.stopService)
+    testcase.addCleanup(lambda: agent.stopService() if agent.running else None)
 
     async def ready() -> Agent:
         await agent.when_ready()

@@ -62,7 +62,10 @@ class AgentProcess(ProcessProtocol):
 
 
 def spawn_twistd(reactor: Any, args: list[str], cwd: str) -> AgentProcess:
-    """Run ``twistd -n --pidfile= txconsul ARGS`` with this Python."""
+    """
+    Run ``twistd -n --pidfile= txconsul ARGS`` with this Python, its gossip
+    pools on free ports unless ARGS name them (a later flag wins).
+    """
     proto = AgentProcess()
     argv = [
         sys.executable,
@@ -71,6 +74,10 @@ def spawn_twistd(reactor: Any, args: list[str], cwd: str) -> AgentProcess:
         "-n",
         "--pidfile=",
         "txconsul",
+        "--serf-lan-port",
+        str(free_port()),
+        "--serf-wan-port",
+        str(free_port()),
         *args,
     ]
     reactor.spawnProcess(proto, sys.executable, argv, env=dict(os.environ), path=cwd)

@@ -1,0 +1,407 @@
+# -*- test-case-name: txconsul.test.agent.test_gossip_agent -*-
+"""
+The agent's gossip pools: LAN on every agent, WAN on servers (spec section 12).
+
+``Membership`` owns a ``GossipPool`` with a serf delegate per pool, publishes
+Consul's tags, joins at start (``start_join``) and retries (``retry_join``),
+leaves gracefully when asked, and hands every batch of serf events to its
+subscribers (the catalog reconciliation of ``txconsul.agent.reconcile``).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import attrs
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, gatherResults, succeed
+from twisted.internet.interfaces import IReactorUDP
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+
+from txconsul import CONSUL_VERSION
+from txconsul.config import DEFAULT_PORTS
+from txconsul.errors import BadRequest, TxConsulError
+from txconsul.gossip import wire
+from txconsul.gossip.adapter import GossipPool, Monotonic
+from txconsul.gossip.keyring import Keyring, decode_key
+from txconsul.gossip.memberlist import Address, GossipConfig, Node
+from txconsul.gossip.messages import DEFAULT_VSN
+from txconsul.gossip.serf import LEAVE, Member, MemberEvent, MemberStatus, Serf, UserEvent
+
+if TYPE_CHECKING:
+    from txconsul.agent.agent import Agent
+
+#: How long a graceful leave waits for its broadcasts to go out (serf's BroadcastTimeout).
+BROADCAST_TIMEOUT = 5.0
+
+Event = MemberEvent | UserEvent
+Subscriber = Callable[["SerfPool", list[Event]], None]
+
+
+class JoinFailed(TxConsulError):
+    """Nobody answered a join."""
+
+
+class ConsulSerf(Serf):
+    """
+    serf as the agent uses it: it tells its owner after each call that may
+    have produced events, and it can force a member out.
+    """
+
+    def __init__(self, name: str, tags: Mapping[str, str], retransmit_mult: int) -> None:
+        super().__init__(name, tags, retransmit_mult)
+        self.changed: Callable[[], None] = lambda: None
+
+    def notify_msg(self, now: float, payload: bytes) -> None:
+        super().notify_msg(now, payload)
+        self.changed()
+
+    def merge_remote_state(self, now: float, data: bytes, join: bool) -> None:
+        super().merge_remote_state(now, data, join)
+        self.changed()
+
+    def notify_join(self, now: float, node: Node) -> None:
+        super().notify_join(now, node)
+        self.changed()
+
+    def notify_leave(self, now: float, node: Node) -> None:
+        super().notify_leave(now, node)
+        self.changed()
+
+    def notify_update(self, now: float, node: Node) -> None:
+        super().notify_update(now, node)
+        self.changed()
+
+    def force_leave(self, node: str, prune: bool) -> None:
+        """
+        Broadcast a leave intent for another member (serf's RemoveFailedNode):
+        a failed member becomes left; ``prune`` also forgets it here at once.
+        """
+        if node not in self.members:
+            raise TxConsulError(f"agent: No node found with name {node!r}")
+        ltime = self.clock.time()
+        self.clock.increment()
+        self._apply_intent(LEAVE, node, ltime)
+        self._broadcast(bytes([LEAVE]) + wire.pack({"LTime": ltime, "Node": node, "Prune": prune}))
+        if prune and node != self.name:
+            del self.members[node]
+            self.events.append(MemberEvent("member-reap", node))
+        self.changed()
+
+
+@attrs.define
+class SerfPool:
+    """One pool: its name, the gossip service and the serf layer on it."""
+
+    wan: bool
+    serf: ConsulSerf
+    gossip: GossipPool
+    keyring: Keyring | None
+
+
+def gossip_config(base: GossipConfig, overrides: Mapping[str, float]) -> GossipConfig:
+    """memberlist timing from Consul's ``gossip_lan``/``gossip_wan`` settings."""
+    changes: dict[str, Any] = {}
+    for name, value in overrides.items():
+        default = getattr(base, name)
+        changes[name] = int(value) if isinstance(default, int) else float(value)
+    return attrs.evolve(base, **changes)
+
+
+def member_json(member: Member, vsn: bytes = DEFAULT_VSN) -> dict[str, Any]:
+    """A serf member as Consul's API shows it (``/v1/agent/members``)."""
+    if len(vsn) < 6:
+        vsn = DEFAULT_VSN
+    return {
+        "Name": member.name,
+        "Addr": member.address[0],
+        "Port": member.address[1],
+        "Tags": dict(member.tags),
+        "Status": int(member.status),
+        "ProtocolMin": vsn[0],
+        "ProtocolMax": vsn[1],
+        "ProtocolCur": vsn[2],
+        "DelegateMin": vsn[3],
+        "DelegateMax": vsn[4],
+        "DelegateCur": vsn[5],
+    }
+
+
+def parse_join_address(text: str, default_port: int) -> Address:
+    """``host``, ``host:port``, ``[v6]`` or ``[v6]:port`` as ``(host, port)``."""
+    text = text.strip()
+    host, port = text, default_port
+    if text.startswith("["):
+        inner, _, rest = text[1:].partition("]")
+        host = inner
+        if rest.startswith(":"):
+            port = _port(rest[1:], text)
+        elif rest:
+            raise BadRequest(f"bad address {text!r}")
+    elif text.count(":") == 1:
+        host, _, number = text.partition(":")
+        port = _port(number, text)
+    if not host:
+        raise BadRequest(f"bad address {text!r}")
+    return host, port
+
+
+def _port(number: str, text: str) -> int:
+    if not number.isdigit() or not 0 < int(number) <= 65535:
+        raise BadRequest(f"bad port in address {text!r}")
+    return int(number)
+
+
+class Membership(Service):
+    """
+    The agent's LAN pool, and the WAN pool of a server.
+
+    Pools are built in ``startService``, once the node ID is known; the WAN
+    pool starts first so that the LAN tags can name its port.
+    """
+
+    log = Logger()
+
+    def __init__(self, agent: Agent, monotonic: Monotonic, rng: random.Random) -> None:
+        self._agent = agent
+        self._monotonic = monotonic
+        self._rng = rng
+        self.lan: SerfPool | None = None
+        self.wan: SerfPool | None = None
+        self._subscribers: list[Subscriber] = []
+        self._retrying: list[Deferred[Any]] = []
+        self._leaving: Deferred[None] | None = None
+
+    # -- life cycle -----------------------------------------------------------------
+
+    def startService(self) -> None:
+        c = self._agent.config
+        if not IReactorUDP.providedBy(self._agent.reactor):
+            # a MemoryReactor in unit tests: the agent runs alone, without pools
+            self.log.warn("the reactor has no UDP: gossip is off")
+            super().startService()
+            return
+        if c.server:
+            self.wan = self._pool(wan=True)
+        self.lan = self._pool(wan=False)
+        super().startService()
+
+    def _pool(self, wan: bool) -> SerfPool:
+        c = self._agent.config
+        name = f"{c.node_name}.{c.datacenter}" if wan else c.node_name
+        base = GossipConfig.wan() if wan else GossipConfig.lan()
+        config = gossip_config(base, c.gossip_wan if wan else c.gossip_lan)
+        serf = ConsulSerf(name, self.tags(wan), config.retransmit_mult)
+        keyring = Keyring([decode_key(c.encrypt)]) if c.encrypt else None
+        port = c.ports["serf_wan" if wan else "serf_lan"]
+        gossip = GossipPool(
+            self._agent.reactor,
+            self._monotonic,
+            name,
+            interface=c.bind_addr,
+            port=port,
+            config=config,
+            rng=random.Random(self._rng.random()),
+            delegate=serf,
+            keyring=keyring,
+        )
+        pool = SerfPool(wan, serf, gossip, keyring)
+        serf.changed = lambda: self._dispatch(pool)
+        gossip.startService()
+        self.log.info(
+            "gossip {which} pool {name} on {addr}",
+            which="WAN" if wan else "LAN",
+            name=name,
+            addr="%s:%d" % gossip.address(),
+        )
+        return pool
+
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()
+        for d in self._retrying:
+            d.cancel()
+        self._retrying = []
+        stopping = [p.gossip.stopService() for p in self.pools()]
+        self.lan = self.wan = None
+        return gatherResults(stopping)
+
+    def pools(self) -> list[SerfPool]:
+        return [p for p in (self.lan, self.wan) if p is not None]
+
+    def pool(self, wan: bool) -> SerfPool:
+        """The LAN or WAN pool; the WAN pool of a client is a ``BadRequest``."""
+        pool = self.wan if wan else self.lan
+        if pool is None:
+            raise BadRequest("WAN pool is only available on servers" if wan else "not running")
+        return pool
+
+    # -- tags and members -----------------------------------------------------------
+
+    def tags(self, wan: bool) -> dict[str, str]:
+        """Consul's serf tags for this agent (spec section 12)."""
+        agent = self._agent
+        c = agent.config
+        tags = {
+            "role": "consul" if c.server else "node",
+            "dc": c.datacenter,
+            "segment": "",
+            "id": agent.node_id,
+            "vsn": "2",
+            "vsn_min": "2",
+            "vsn_max": "3",
+            "build": f"{CONSUL_VERSION}:txconsul",
+        }
+        if c.server:
+            tags["port"] = str(c.ports["server"])
+            tags["raft_vsn"] = "3"
+            if c.bootstrap_expect:
+                tags["expect"] = str(c.bootstrap_expect)
+            elif c.dev:
+                tags["bootstrap"] = "1"
+            if not wan and self.wan is not None:
+                tags["wan_join_port"] = str(self.wan.gossip.address()[1])
+        return tags
+
+    def members(self, wan: bool = False) -> list[dict[str, Any]]:
+        """Every member the pool knows, in any status, sorted by name."""
+        pool = self.wan if wan else self.lan
+        if pool is None:
+            return []
+        nodes = pool.gossip.core.nodes if pool.gossip.node is not None else {}
+        out = []
+        for name in sorted(pool.serf.members):
+            node = nodes.get(name)
+            out.append(member_json(pool.serf.members[name], node.vsn if node else DEFAULT_VSN))
+        return out
+
+    def self_member(self) -> dict[str, Any]:
+        """This agent as a LAN member."""
+        c = self._agent.config
+        pool = self.lan
+        if pool is not None and c.node_name in pool.serf.members:
+            return member_json(pool.serf.members[c.node_name])
+        me = Member(
+            c.node_name, (c.advertise, c.ports["serf_lan"]), self.tags(False), MemberStatus.ALIVE
+        )
+        return member_json(me)
+
+    # -- events ---------------------------------------------------------------------
+
+    def subscribe(self, subscriber: Subscriber) -> None:
+        """Call ``subscriber(pool, events)`` with each batch of serf events."""
+        self._subscribers.append(subscriber)
+
+    def _dispatch(self, pool: SerfPool) -> None:
+        events = pool.serf.drain_events()
+        if not events:
+            return
+        for subscriber in self._subscribers:
+            with self.log.failuresHandled("serf event subscriber {s}", s=subscriber):
+                subscriber(pool, events)
+
+    # -- join and leave ---------------------------------------------------------------
+
+    def join(self, addresses: list[str], wan: bool = False) -> Deferred[int]:
+        """Join through each address; fires with how many answered."""
+        pool = self.pool(wan)
+        default = DEFAULT_PORTS["serf_wan" if wan else "serf_lan"]
+        targets = [parse_join_address(a, default) for a in addresses]
+
+        def joined(n: int) -> int:
+            if n and self.pool(wan) is pool:
+                pool.serf.join_intent()
+                pool.gossip.flush()
+            self.log.info(
+                "join {which} {addresses}: {n} answered",
+                which="WAN" if wan else "LAN",
+                addresses=addresses,
+                n=n,
+            )
+            return n
+
+        return pool.gossip.join(targets).addCallback(joined)
+
+    def start_joins(self) -> Deferred[None]:
+        """
+        ``start_join`` now (refusing to start when nobody answers, as Consul
+        does), then ``retry_join`` in the background until it succeeds.
+        """
+        return ensureDeferred(self._start_joins())
+
+    async def _start_joins(self) -> None:
+        c = self._agent.config
+        if c.join:
+            n = await self.join(list(c.join))
+            if not n:
+                raise JoinFailed(f"start_join: none of {', '.join(c.join)} answered")
+        if c.retry_join:
+            d = ensureDeferred(self._retry_join(list(c.retry_join), c.retry_interval))
+            self._retrying.append(d)
+            d.addErrback(lambda f: f.trap(CancelledError))
+            d.addBoth(lambda r: self._retrying.remove(d) if d in self._retrying else None)
+
+    async def _retry_join(self, addresses: list[str], interval: float) -> None:
+        attempt = 1
+        while True:
+            n = await self.join(addresses)
+            if n:
+                self.log.info("retry_join succeeded after {n} attempts", n=attempt)
+                return
+            self.log.warn(
+                "retry_join {addresses}: nobody answered, retrying in {interval}s",
+                addresses=addresses,
+                interval=interval,
+            )
+            attempt += 1
+            await deferLater(self._agent.reactor, interval, lambda: None)
+
+    def force_leave(self, node: str, prune: bool = False, wan: bool = False) -> None:
+        pool = self.pool(wan)
+        pool.serf.force_leave(node, prune)
+        pool.gossip.flush()
+
+    def leave(self) -> Deferred[None]:
+        """
+        Leave every pool gracefully: the serf leave intent, then memberlist's
+        leave, each given time to spread. Fires once; later calls share it.
+        """
+        if self._leaving is None:
+            pools = self.pools()
+            if not pools:
+                return succeed(None)
+            d = gatherResults([ensureDeferred(self._leave(p)) for p in pools])
+            self._leaving = d.addCallback(lambda _: None)
+        return self._leaving
+
+    async def _leave(self, pool: SerfPool) -> None:
+        serf, gossip = pool.serf, pool.gossip
+        serf.leave_intent()
+        gossip.flush()
+        await self._until(pool, lambda: len(serf.broadcasts) == 0)
+        gossip.leave()
+        await self._until(pool, lambda: len(gossip.core.broadcasts) == 0)
+        self.log.info("left the {which} pool", which="WAN" if pool.wan else "LAN")
+
+    async def _until(self, pool: SerfPool, done: Callable[[], bool]) -> None:
+        """Wait (polling at the gossip interval) until ``done()``, for at most a broadcast timeout."""
+        gossip = pool.gossip
+        step = gossip.core.config.gossip_interval
+        waited = 0.0
+        while waited < BROADCAST_TIMEOUT:
+            node = gossip.node
+            if node is None or node.core.stopped or node.core.alive_count() <= 1 or done():
+                return
+            await deferLater(self._agent.reactor, step, lambda: None)
+            waited += step
+
+    # -- keyring (this agent's pools only) --------------------------------------------
+
+    def keyrings(self) -> list[SerfPool]:
+        """The pools with encryption on; ``TxConsulError`` when there is none."""
+        pools = [p for p in self.pools() if p.keyring is not None]
+        if not pools:
+            raise TxConsulError("Gossip encryption is not enabled on this agent")
+        return pools
