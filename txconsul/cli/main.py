@@ -26,6 +26,8 @@ from txconsul.cli.agentops import Maint, Reload
 from txconsul.cli.catalog import Catalog
 from txconsul.cli.context import Context
 from txconsul.cli.flags import Command, CommandUsageError, ShowHelp, ShowVersion, leaf
+from txconsul.cli.join import ForceLeave, Join, Leave
+from txconsul.cli.keyring import Keygen, Keyring
 from txconsul.cli.kv import KV
 from txconsul.cli.members import Members
 
@@ -39,7 +41,12 @@ class Options(Command):
     subCommands = [
         ["agent", None, AgentCommand, "Run an agent (the same as twistd -n txconsul)."],
         ["catalog", None, Catalog, "List services, nodes and datacenters."],
+        ["force-leave", None, ForceLeave, "Mark a failed member of the pool as left."],
+        ["join", None, Join, "Join the agent to a pool through other agents."],
+        ["keygen", None, Keygen, "Print a new gossip encryption key."],
+        ["keyring", None, Keyring, "List and change the gossip encryption keys."],
         ["kv", None, KV, "Read and write the KV store."],
+        ["leave", None, Leave, "Leave the pools gracefully and stop the agent."],
         ["members", None, Members, "List the members of the gossip pool."],
         ["maint", None, Maint, "Put the node or a service in maintenance mode."],
         ["reload", None, Reload, "Make the agent read its config files again."],
