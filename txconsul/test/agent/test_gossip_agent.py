@@ -1,0 +1,291 @@
+"""
+Agents in one process gossiping over 127.0.0.1: joins, member status, the
+catalog reconciliation of a server, WAN pools, encryption, keyrings.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import treq
+from twisted.internet import reactor  # noqa: TID251 (real-socket test)
+from twisted.internet.defer import ensureDeferred
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+
+from txconsul.agent.agent import Agent
+from txconsul.agent.membership import JoinFailed, parse_join_address
+from txconsul.testing.agent import http_address, start_agent
+from txconsul.testing.process import free_port
+
+FAST = {"probe_interval": "100ms", "probe_timeout": "50ms", "gossip_interval": "20ms"}
+KEY = base64.b64encode(bytes(range(32))).decode()
+OTHER_KEY = base64.b64encode(bytes(range(1, 33))).decode()
+
+
+def lan(agent: Agent) -> str:
+    assert agent.membership.lan is not None
+    return "127.0.0.1:%d" % agent.membership.lan.gossip.address()[1]
+
+
+def wan(agent: Agent) -> str:
+    assert agent.membership.wan is not None
+    return "127.0.0.1:%d" % agent.membership.wan.gossip.address()[1]
+
+
+class GossipAgentTestCase(TestCase):
+    timeout = 30
+
+    async def agent(self, name: str, server: bool = False, **flags: Any) -> Agent:
+        """A server (dev mode) or client agent with fast LAN and WAN timing."""
+        flags.setdefault("gossip_lan", FAST)
+        flags.setdefault("gossip_wan", FAST)
+        if not server:
+            flags.update(dev=False, server=False, data_dir=self.mktemp())
+        return await start_agent(self, reactor, node_name=name, **flags)
+
+    async def http(
+        self, agent: Agent, method: str, path: str, body: bytes | None = None
+    ) -> tuple[int, Any]:
+        url = f"http://{http_address(agent)}{path}"
+        response = await treq.request(method, url, data=body, persistent=False)
+        content: bytes = await response.content()
+        try:
+            return response.code, json.loads(content)
+        except ValueError:
+            return response.code, content.decode()
+
+    async def members(self, agent: Agent, query: str = "") -> dict[str, Any]:
+        _, listing = await self.http(agent, "GET", "/v1/agent/members" + query)
+        return {m["Name"]: m for m in listing}
+
+    async def wait_for(self, condition: Callable[[], Any], limit: float = 15.0) -> None:
+        """Poll ``condition`` (a coroutine function or plain callable) until it is true."""
+        end = time.monotonic() + limit
+        while True:
+            result = condition()
+            if hasattr(result, "__await__"):
+                result = await result
+            if result:
+                return
+            if time.monotonic() > end:
+                self.fail("condition not met in time")
+            await deferLater(reactor, 0.05, lambda: None)
+
+    async def equals(self, got: Any, want: Any) -> bool:
+        return bool(await got == want)
+
+    async def has_statuses(self, agent: Agent, want: dict[str, int], query: str = "") -> bool:
+        return await self.statuses(agent, query) == want
+
+    async def statuses(self, agent: Agent, query: str = "") -> dict[str, int]:
+        return {n: m["Status"] for n, m in (await self.members(agent, query)).items()}
+
+    async def serf_health(self, agent: Agent, node: str) -> dict[str, Any] | None:
+        _, checks = await self.http(agent, "GET", f"/v1/health/node/{node}")
+        found = [c for c in checks if c["CheckID"] == "serfHealth"]
+        return found[0] if found else None
+
+
+class JoinTests(GossipAgentTestCase):
+    async def test_three_agents_joined_over_http_agree_on_members(self) -> None:
+        s1 = await self.agent("s1", server=True)
+        c1 = await self.agent("c1")
+        c2 = await self.agent("c2")
+        code, body = await self.http(c1, "PUT", f"/v1/agent/join/{lan(s1)}")
+        self.assertEqual((code, body), (200, ""))
+        code, _ = await self.http(c2, "PUT", f"/v1/agent/join/{lan(c1)}")
+        self.assertEqual(code, 200)
+        everyone = {"s1": 1, "c1": 1, "c2": 1}
+        for agent in (s1, c1, c2):
+            await self.wait_for(functools.partial(self.has_statuses, agent, everyone))
+        listing = await self.members(s1)
+        self.assertEqual(listing["c1"]["Port"], int(lan(c1).rsplit(":", 1)[1]))
+        self.assertEqual(listing["c1"]["Addr"], "127.0.0.1")
+        self.assertEqual(listing["c1"]["Tags"]["role"], "node")
+        self.assertEqual(listing["s1"]["Tags"]["role"], "consul")
+        self.assertEqual(listing["s1"]["Tags"]["port"], "8300")
+        self.assertEqual(listing["s1"]["Tags"]["wan_join_port"], wan(s1).rsplit(":", 1)[1])
+        self.assertEqual(listing["c2"]["Tags"]["id"], c2.node_id)
+        self.assertEqual(
+            {k: listing["c1"][k] for k in ("ProtocolMin", "ProtocolMax", "ProtocolCur")},
+            {"ProtocolMin": 1, "ProtocolMax": 5, "ProtocolCur": 2},
+        )
+        _, me = await self.http(c1, "GET", "/v1/agent/self")
+        self.assertEqual(me["Member"], (await self.members(c1))["c1"])
+
+    async def test_start_join_joins_before_the_agent_is_ready(self) -> None:
+        s1 = await self.agent("s1", server=True)
+        c1 = await self.agent("c1", start_join=[lan(s1)])
+        self.assertEqual(set(await self.members(c1)), {"s1", "c1"})
+        await self.wait_for(lambda: self.equals(self.statuses(s1), {"s1": 1, "c1": 1}))
+        check = await self.serf_health(s1, "c1")
+        assert check is not None
+        self.assertEqual(
+            (check["Status"], check["Output"]), ("passing", "Agent alive and reachable")
+        )
+
+    async def test_start_join_fails_the_start_when_nobody_answers(self) -> None:
+        port = free_port()
+        d = ensureDeferred(self.agent("c1", start_join=[f"127.0.0.1:{port}"]))
+        failure = await self.assertFailure(d, JoinFailed)
+        self.assertIn(f"127.0.0.1:{port}", str(failure))
+        self.assertEqual(len(self.flushLoggedErrors(JoinFailed)), 1)
+
+    async def test_join_that_nobody_answers_is_500_with_a_reason(self) -> None:
+        c1 = await self.agent("c1")
+        code, body = await self.http(c1, "PUT", f"/v1/agent/join/127.0.0.1:{free_port()}")
+        self.assertEqual(code, 500)
+        self.assertIn("Failed to join", body)
+
+    async def test_retry_join_succeeds_once_the_peer_comes_up(self) -> None:
+        port = free_port()
+        c1 = await self.agent("c1", retry_join=[f"127.0.0.1:{port}"], retry_interval="100ms")
+        self.assertEqual(set(await self.members(c1)), {"c1"})
+        await deferLater(reactor, 0.3, lambda: None)  # a few attempts fail first
+        await self.agent("s1", server=True, ports={"serf_lan": port})
+        await self.wait_for(lambda: self.equals(self.statuses(c1), {"s1": 1, "c1": 1}))
+
+    def test_join_addresses(self) -> None:
+        self.assertEqual(parse_join_address("10.0.0.1", 8301), ("10.0.0.1", 8301))
+        self.assertEqual(parse_join_address("10.0.0.1:9", 8301), ("10.0.0.1", 9))
+        self.assertEqual(parse_join_address("[::1]:9", 8301), ("::1", 9))
+        self.assertEqual(parse_join_address("::1", 8301), ("::1", 8301))
+
+
+class StatusTests(GossipAgentTestCase):
+    async def joined_pair(self) -> tuple[Agent, Agent]:
+        s1 = await self.agent("s1", server=True)
+        c1 = await self.agent("c1", start_join=[lan(s1)])
+        await self.wait_for(lambda: self._alive(s1, "c1"))
+        return s1, c1
+
+    async def _alive(self, agent: Agent, name: str) -> bool:
+        return (await self.statuses(agent)).get(name) == 1
+
+    async def test_stopped_agent_is_failed_and_its_serf_health_critical(self) -> None:
+        s1, c1 = await self.joined_pair()
+        await c1.stopService()
+
+        async def failed() -> bool:
+            return (await self.statuses(s1)).get("c1") == 4
+
+        await self.wait_for(failed)
+        check = await self.serf_health(s1, "c1")
+        assert check is not None
+        self.assertEqual(
+            (check["Status"], check["Output"]), ("critical", "Agent not live or unreachable")
+        )
+
+    async def test_leave_is_left_and_deregisters_the_node(self) -> None:
+        s1, c1 = await self.joined_pair()
+        code, _ = await self.http(c1, "PUT", "/v1/agent/leave")
+        self.assertEqual(code, 200)
+        await self.wait_for(lambda: not c1.running)
+
+        async def left() -> bool:
+            return (await self.statuses(s1)).get("c1") == 3
+
+        await self.wait_for(left)
+        code, _ = await self.http(s1, "GET", "/v1/catalog/node/c1")
+        _, nodes = await self.http(s1, "GET", "/v1/catalog/nodes")
+        self.assertEqual([n["Node"] for n in nodes], ["s1"])
+
+    async def test_force_leave_turns_a_failed_member_left(self) -> None:
+        s1, c1 = await self.joined_pair()
+        await c1.stopService()
+
+        async def status() -> int | None:
+            return (await self.statuses(s1)).get("c1")
+
+        await self.wait_for(lambda: self.equals(status(), 4))
+        code, _ = await self.http(s1, "PUT", "/v1/agent/force-leave/c1")
+        self.assertEqual(code, 200)
+        await self.wait_for(lambda: self.equals(status(), 3))
+        self.assertIsNone(await self.serf_health(s1, "c1"))
+        code, _ = await self.http(s1, "PUT", "/v1/agent/force-leave/c1?prune")
+        self.assertEqual(code, 200)
+        self.assertNotIn("c1", await self.members(s1))
+
+    async def test_force_leave_of_an_unknown_node_is_an_error(self) -> None:
+        s1 = await self.agent("s1", server=True)
+        code, body = await self.http(s1, "PUT", "/v1/agent/force-leave/nobody")
+        self.assertEqual(code, 500)
+        self.assertIn("No node found", body)
+
+
+class WANTests(GossipAgentTestCase):
+    async def test_servers_join_the_wan_pool_named_node_dot_dc(self) -> None:
+        s1 = await self.agent("s1", server=True)
+        s2 = await self.agent("s2", server=True)
+        code, _ = await self.http(s2, "PUT", f"/v1/agent/join/{wan(s1)}?wan=1")
+        self.assertEqual(code, 200)
+        both = {"s1.dc1": 1, "s2.dc1": 1}
+        for agent in (s1, s2):
+            await self.wait_for(functools.partial(self.has_statuses, agent, both, "?wan=1"))
+        listing = await self.members(s1, "?wan=1")
+        self.assertEqual(listing["s2.dc1"]["Port"], int(wan(s2).rsplit(":", 1)[1]))
+        self.assertEqual(listing["s2.dc1"]["Tags"]["role"], "consul")
+        # the LAN pools stay apart
+        self.assertEqual(set(await self.members(s1)), {"s1"})
+
+    async def test_a_client_has_no_wan_pool(self) -> None:
+        c1 = await self.agent("c1")
+        self.assertEqual(await self.members(c1, "?wan=1"), {})
+        code, _ = await self.http(c1, "PUT", "/v1/agent/join/127.0.0.1:1?wan=1")
+        self.assertEqual(code, 400)
+
+
+class EncryptionTests(GossipAgentTestCase):
+    async def test_agents_with_the_same_key_join(self) -> None:
+        s1 = await self.agent("s1", server=True, encrypt=KEY)
+        c1 = await self.agent("c1", encrypt=KEY, start_join=[lan(s1)])
+        self.assertEqual(set(await self.members(c1)), {"s1", "c1"})
+
+    async def test_agents_with_other_keys_or_none_cannot_join(self) -> None:
+        s1 = await self.agent("s1", server=True, encrypt=KEY)
+        other = await self.agent("c1", encrypt=OTHER_KEY)
+        plain = await self.agent("c2")
+        for agent in (other, plain):
+            code, _ = await self.http(agent, "PUT", f"/v1/agent/join/{lan(s1)}")
+            self.assertEqual(code, 500)
+        self.assertEqual(set(await self.members(s1)), {"s1"})
+
+    async def test_keyring_install_use_remove(self) -> None:
+        s1 = await self.agent("s1", server=True, encrypt=KEY)
+        code, pools = await self.http(s1, "GET", "/v1/operator/keyring")
+        self.assertEqual(code, 200)
+        self.assertEqual([p["WAN"] for p in pools], [True, False])
+        self.assertEqual(pools[1]["Keys"], {KEY: 1})
+        self.assertEqual(pools[1]["PrimaryKeys"], {KEY: 1})
+        body = json.dumps({"Key": OTHER_KEY}).encode()
+        self.assertEqual((await self.http(s1, "PUT", "/v1/operator/keyring", body))[0], 500)
+        self.assertEqual((await self.http(s1, "POST", "/v1/operator/keyring", body))[0], 200)
+        self.assertEqual((await self.http(s1, "PUT", "/v1/operator/keyring", body))[0], 200)
+        _, pools = await self.http(s1, "GET", "/v1/operator/keyring")
+        self.assertEqual(pools[1]["Keys"], {KEY: 1, OTHER_KEY: 1})
+        self.assertEqual(pools[0]["PrimaryKeys"], {OTHER_KEY: 1})
+        code, reason = await self.http(s1, "DELETE", "/v1/operator/keyring", body)
+        self.assertEqual(code, 500)
+        self.assertIn("primary", reason)
+        old = json.dumps({"Key": KEY}).encode()
+        self.assertEqual((await self.http(s1, "DELETE", "/v1/operator/keyring", old))[0], 200)
+        _, pools = await self.http(s1, "GET", "/v1/operator/keyring")
+        self.assertEqual(pools[1]["Keys"], {OTHER_KEY: 1})
+        # the new primary key is the one a newcomer needs
+        c1 = await self.agent("c1", encrypt=OTHER_KEY, start_join=[lan(s1)])
+        self.assertEqual(set(await self.members(c1)), {"s1", "c1"})
+
+    async def test_keyring_without_encryption_or_with_a_bad_key_is_refused(self) -> None:
+        s1 = await self.agent("s1", server=True)
+        code, reason = await self.http(s1, "GET", "/v1/operator/keyring")
+        self.assertEqual(code, 500)
+        self.assertIn("not enabled", reason)
+        s2 = await self.agent("s2", server=True, encrypt=KEY)
+        code, _ = await self.http(s2, "POST", "/v1/operator/keyring", b'{"Key": "short"}')
+        self.assertEqual(code, 400)
