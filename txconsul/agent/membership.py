@@ -30,6 +30,7 @@ from txconsul.gossip.keyring import Keyring, decode_key
 from txconsul.gossip.memberlist import Address, GossipConfig, Node
 from txconsul.gossip.messages import DEFAULT_VSN
 from txconsul.gossip.serf import LEAVE, Member, MemberEvent, MemberStatus, Serf, UserEvent
+from txconsul.gossip.states import MemberState
 
 if TYPE_CHECKING:
     from txconsul.agent.agent import Agent
@@ -392,8 +393,13 @@ class Membership(Service):
         waited = 0.0
         while waited < BROADCAST_TIMEOUT:
             node = gossip.node
-            if node is None or node.core.stopped or node.core.alive_count() <= 1 or done():
+            if node is None or node.core.stopped or done():
                 return
+            core = node.core
+            if not any(
+                n.state == MemberState.ALIVE for n in core.nodes.values() if n is not core.me
+            ):
+                return  # nobody to tell
             await deferLater(self._agent.reactor, step, lambda: None)
             waited += step
 

@@ -1,0 +1,70 @@
+"""Two real ``twistd -n txconsul`` processes gossiping over loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+import treq
+from twisted.internet import reactor  # noqa: TID251 (real-process test)
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+
+from txconsul.testing.process import AgentProcess, free_port, spawn_twistd, wait_for_leader
+
+
+class GossipProcessTests(TestCase):
+    timeout = 60
+
+    def start(self, *args: str) -> AgentProcess:
+        path = os.path.abspath(self.mktemp())
+        os.makedirs(path)
+        proto = spawn_twistd(reactor, list(args), path)
+
+        def stop() -> Any:
+            proto.kill(signal.SIGKILL)
+            return proto.ended
+
+        self.addCleanup(stop)
+        return proto
+
+    async def members(self, http_port: int) -> dict[str, int]:
+        url = f"http://127.0.0.1:{http_port}/v1/agent/members"
+        response = await treq.get(url, persistent=False)
+        return {m["Name"]: m["Status"] for m in await response.json()}
+
+    async def test_client_process_joins_a_server_process_and_leaves(self) -> None:
+        server_http, server_lan = free_port(), free_port()
+        server = self.start(
+            "--dev", "--node", "p-server", "--http-port", str(server_http),
+            "--serf-lan-port", str(server_lan), "--dns-port", "-1",
+        )  # fmt: skip
+        await wait_for_leader(reactor, server_http, server)
+        client_http = free_port()
+        client = self.start(
+            "--node", "p-client", "--data-dir", os.path.abspath(self.mktemp()),
+            "--http-port", str(client_http), "--dns-port", "-1",
+            "--join", f"127.0.0.1:{server_lan}",
+        )  # fmt: skip
+        await wait_for_leader(reactor, client_http, client)
+        want = {"p-server": 1, "p-client": 1}
+        end = time.monotonic() + 20
+        while await self.members(server_http) != want or await self.members(client_http) != want:
+            self.assertLess(time.monotonic(), end, client.output.decode(errors="replace"))
+            await deferLater(reactor, 0.1, lambda: None)
+        response = await treq.put(
+            f"http://127.0.0.1:{client_http}/v1/agent/leave", persistent=False
+        )
+        self.assertEqual(response.code, 200)
+        await client.ended  # the leave shuts the process down
+        self.assertEqual((await self.members(server_http))["p-client"], 3)
+
+    async def test_a_join_that_nobody_answers_stops_the_process(self) -> None:
+        proto = self.start(
+            "--dev", "--http-port", str(free_port()), "--dns-port", "-1",
+            "--join", f"127.0.0.1:{free_port()}",
+        )  # fmt: skip
+        await proto.ended
+        self.assertIn(b"start_join: none of", proto.output)
