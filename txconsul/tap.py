@@ -10,6 +10,7 @@ before anything starts; ``makeService`` only wires the agent.
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 from twisted.application.service import IService
@@ -138,4 +139,13 @@ def makeService(options: Options) -> IService:
     from txconsul.agent.agent import Agent
 
     assert options.config is not None
-    return Agent(options.config, reactor, shutdown=reactor.stop)
+    agent = Agent(options.config, reactor, shutdown=reactor.stop)
+    flags, files, dirs = options.flags(), options["config-file"], options["config-dir"]
+    agent.reload_config = lambda: load(flags, files, dirs)
+
+    def on_sighup(signum: int, frame: Any) -> None:
+        # Only hand the work back to the reactor; the handler does nothing else.
+        reactor.callFromThread(lambda: agent.reload().addErrback(lambda _: None))  # type: ignore[attr-defined]
+
+    reactor.callWhenRunning(signal.signal, signal.SIGHUP, on_sighup)
+    return agent

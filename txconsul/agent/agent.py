@@ -17,8 +17,9 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.logger import Logger
 from twisted.web.server import Site
@@ -30,6 +31,7 @@ from txconsul.agent.membership import Membership
 from txconsul.agent.reconcile import Reconciler
 from txconsul.config import AgentConfig
 from txconsul.dns.server import DNSService
+from txconsul.errors import ConfigError, TxConsulError
 from txconsul.http.app import HTTPApi
 from txconsul.raft.single import SingleNodeLog
 from txconsul.state.fsm import FSM
@@ -152,6 +154,35 @@ class Agent(MultiService):
         waiting, self._waiting = self._waiting, []
         for d in waiting:
             d.callback(None)
+
+    # Set by the composition root: reads the config files and flags again.
+    reload_config: Callable[[], AgentConfig] | None = None
+
+    def reload(self) -> Deferred[Any]:
+        """
+        Read the config files again and apply their service and check
+        definitions (SIGHUP, ``/v1/agent/reload``, ``txconsul reload``).
+
+        A config that does not load leaves everything as it was. Settings
+        other than definitions (ports, addresses, ...) need a restart.
+        """
+        if self.reload_config is None:
+            return succeed(None)
+        try:
+            new = self.reload_config()
+        except ConfigError as e:
+            self.log.error("reload failed, keeping the running config: {why}", why=str(e))
+            return fail(TxConsulError(f"Failed to reload configs: {e}"))
+        self.config = attrs.evolve(
+            self.config,
+            services=new.services,
+            checks=new.checks,
+            check_update_interval=new.check_update_interval,
+            enable_script_checks=new.enable_script_checks,
+            enable_local_script_checks=new.enable_local_script_checks,
+        )
+        self.log.info("reloaded the config files")
+        return self.local.reload(new.services, new.checks)
 
     def startService(self) -> None:
         self.node_id = self.node_id or self._load_node_id()

@@ -23,7 +23,7 @@ from txconsul.agent.definitions import (
     parse_service,
 )
 from txconsul.errors import BadRequest, MethodNotAllowed, NotFound
-from txconsul.http.app import arg, flag, read_json, router
+from txconsul.http.app import arg, flag, parse_bool, read_json, router
 
 if TYPE_CHECKING:
     from txconsul.http.app import HTTPApi
@@ -144,9 +144,12 @@ def install(app: Klein, api: HTTPApi) -> None:
 
     @route("/v1/agent/service/register", methods=["PUT", "POST"])
     def register_service(request: IRequest) -> Deferred[bytes]:
-        svc = parse_service(read_json(request))
+        body = read_json(request)
+        svc = parse_service(body)
         replace = flag(request, b"replace-existing-checks")
-        return api.agent_write(request, local.add_service(svc, replace_existing_checks=replace))
+        return api.agent_write(
+            request, local.add_service(svc, replace_existing_checks=replace, body=body)
+        )
 
     @route("/v1/agent/service/deregister/<path:sid>", methods=["PUT", "POST"])
     def deregister_service(request: IRequest, sid: str) -> Deferred[bytes]:
@@ -154,8 +157,9 @@ def install(app: Klein, api: HTTPApi) -> None:
 
     @route("/v1/agent/check/register", methods=["PUT", "POST"])
     def register_check(request: IRequest) -> Deferred[bytes]:
-        check = parse_check(read_json(request))
-        return api.agent_write(request, local.add_check(check))
+        body = read_json(request)
+        check = parse_check(body)
+        return api.agent_write(request, local.add_check(check, body=body))
 
     @route("/v1/agent/check/deregister/<path:cid>", methods=["PUT", "POST"])
     def deregister_check(request: IRequest, cid: str) -> Deferred[bytes]:
@@ -185,3 +189,27 @@ def install(app: Klein, api: HTTPApi) -> None:
         if not isinstance(output, str):
             raise BadRequest("Request decode failed: Output must be a string")
         return api.agent_write(request, local.update_ttl(cid, status, output))
+
+    def enable_arg(request: IRequest) -> tuple[bool, str]:
+        value = arg(request, b"enable")
+        if value is None or value == "":
+            raise BadRequest("Missing value for enable")
+        try:
+            enable = parse_bool(value, "enable")
+        except BadRequest:
+            raise BadRequest(f"Invalid value for enable: {value!r}") from None
+        return enable, arg(request, b"reason") or ""
+
+    @route("/v1/agent/maintenance", methods=["PUT", "POST"])
+    def node_maintenance(request: IRequest) -> Deferred[bytes]:
+        enable, reason = enable_arg(request)
+        return api.agent_write(request, local.node_maintenance(enable, reason))
+
+    @route("/v1/agent/service/maintenance/<path:sid>", methods=["PUT", "POST"])
+    def service_maintenance(request: IRequest, sid: str) -> Deferred[bytes]:
+        enable, reason = enable_arg(request)
+        return api.agent_write(request, local.service_maintenance(sid, enable, reason))
+
+    @route("/v1/agent/reload", methods=["PUT", "POST"])
+    def reload(request: IRequest) -> Deferred[bytes]:
+        return api.agent_write(request, agent.reload())
