@@ -10,6 +10,7 @@ from typing import Any
 
 import treq
 from twisted.internet import defer, reactor  # noqa: TID251 (real-process test)
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from txconsul.testing.process import free_port, spawn_twistd, wait_for_leader
@@ -90,3 +91,41 @@ class TwistdTests(TestCase):
         self.assertNotEqual(code, 0)
         self.assertIn(b"broken.json", proto.output)
         self.assertIn(b"not valid JSON", proto.output)
+
+
+class ReloadProcessTests(TestCase):
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_sighup_reloads_service_definitions(self) -> Any:
+        config_dir = os.path.abspath(self.mktemp())
+        os.makedirs(config_dir)
+        with open(os.path.join(config_dir, "a.json"), "w") as f:
+            json.dump({"service": {"name": "first"}}, f)
+        port = free_port()
+        cwd = os.path.abspath(self.mktemp())
+        os.makedirs(cwd)
+        proto = spawn_twistd(
+            reactor, ["--dev", "--http-port", str(port), "--config-dir", config_dir], cwd
+        )
+
+        def stop() -> Any:
+            proto.kill(signal.SIGKILL)
+            return proto.ended
+
+        self.addCleanup(stop)
+        yield defer.ensureDeferred(wait_for_leader(reactor, port, proto))
+        with open(os.path.join(config_dir, "b.json"), "w") as f:
+            json.dump({"service": {"name": "second"}}, f)
+        os.remove(os.path.join(config_dir, "a.json"))
+        proto.kill(signal.SIGHUP)
+        url = f"http://127.0.0.1:{port}/v1/agent/services"
+        services: Any = None
+        for _ in range(100):
+            response = yield treq.get(url, persistent=False)
+            services = yield response.json()
+            if sorted(services) == ["second"]:
+                break
+            yield deferLater(reactor, 0.1, lambda: None)
+        self.assertEqual(sorted(services), ["second"])
+        self.assertIsNone(proto.exit_code, "SIGHUP stopped the agent")
