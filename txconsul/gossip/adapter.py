@@ -388,9 +388,11 @@ class GossipPool(Service):
     def _bind(self) -> None:
         udp_reactor: IReactorUDP = self._reactor
         tcp_reactor: IReactorTCP = self._reactor
-        self._proto = GossipProtocol()
         self._factory = _ServerFactory()
         for _ in range(20):
+            # a fresh protocol each time: the one of a port just closed keeps
+            # its transport until the reactor's next turn
+            self._proto = GossipProtocol()
             udp = udp_reactor.listenUDP(self._portno, self._proto, self._interface, 65536)
             port = udp.getHost().port  # type: ignore[attr-defined]
             try:
