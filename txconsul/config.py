@@ -14,8 +14,6 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
-import json
-import math
 import os
 import re
 import socket
@@ -24,6 +22,7 @@ from typing import Any
 
 import attrs
 
+from txconsul import gojson
 from txconsul.agent.definitions import (
     CheckDefinition,
     ServiceDefinition,
@@ -115,7 +114,7 @@ def read_config_file(path: str) -> dict[str, Any]:
     """One JSON config file as a dict, or ConfigError naming the file."""
     try:
         with open(path, encoding="utf-8") as f:
-            data = json.load(f, parse_int=_json_int, parse_float=_json_float, parse_constant=_no)
+            data = gojson.loads(f.read())
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from e
     except (ValueError, UnicodeDecodeError) as e:
@@ -125,25 +124,6 @@ def read_config_file(path: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a JSON object")
     return data
-
-
-# Go's decoder (Consul's) has no NaN or Infinity and no integers beyond 64 bits.
-def _json_int(text: str) -> int:
-    n = int(text)
-    if not -(2**63) <= n < 2**64:
-        raise ValueError(f"number {text[:24]} overflows 64 bits")
-    return n
-
-
-def _json_float(text: str) -> float:
-    x = float(text)
-    if not math.isfinite(x):
-        raise ValueError(f"number {text[:24]} is out of range")
-    return x
-
-
-def _no(name: str) -> Any:
-    raise ValueError(f"invalid character {name[:1]!r} looking for beginning of value")
 
 
 def config_files(files: Sequence[str], dirs: Sequence[str]) -> list[str]:

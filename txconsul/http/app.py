@@ -11,7 +11,6 @@ parameters (``dc``, ``stale``/``consistent``, ``pretty``), blocking queries
 from __future__ import annotations
 
 import json
-import math
 import random
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -30,6 +29,7 @@ from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.exceptions import NotFound as WerkzeugNotFound
 from werkzeug.routing import RequestRedirect
 
+from txconsul import gojson
 from txconsul.duration import parse_duration
 from txconsul.errors import BadRequest, TooLarge, TxConsulError
 from txconsul.state.fsm import TxnFailed
@@ -144,33 +144,11 @@ def read_json(request: IRequest, allow_empty: bool = False) -> Any:
             return None
         raise BadRequest("Request decode failed: empty body")
     try:
-        return json.loads(
-            body, parse_int=_json_int, parse_float=_json_float, parse_constant=_json_constant
-        )
+        return gojson.loads(body)
     except (ValueError, UnicodeDecodeError) as e:
         raise BadRequest(f"Request decode failed: {e}") from None
     except RecursionError:
         raise BadRequest("Request decode failed: nested too deeply") from None
-
-
-# Go's decoder has no NaN or Infinity and no integers beyond 64 bits; letting
-# them in would put values in the store that later code and msgpack reject.
-def _json_int(text: str) -> int:
-    n = int(text)
-    if not -(2**63) <= n < 2**64:
-        raise ValueError(f"number {text[:24]} overflows 64 bits")
-    return n
-
-
-def _json_float(text: str) -> float:
-    x = float(text)
-    if not math.isfinite(x):
-        raise ValueError(f"number {text[:24]} is out of range")
-    return x
-
-
-def _json_constant(name: str) -> Any:
-    raise ValueError(f"invalid character {name[:1]!r} looking for beginning of value")
 
 
 def read_body(request: IRequest, limit: int) -> bytes:
