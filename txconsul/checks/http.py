@@ -12,6 +12,7 @@ from typing import Any
 
 from twisted.internet import ssl
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.protocol import Protocol
 from twisted.web.client import (
     Agent,
@@ -76,9 +77,9 @@ class HTTPChecker:
             reading.addTimeout(timeout, self._reactor)
             try:
                 await reading
-            except CancelledError:
-                pass
-        except CancelledError:
+            except (CancelledError, DeferredTimeout):
+                pass  # the body as far as it came is the output
+        except (CancelledError, DeferredTimeout):
             return CheckResult(CRITICAL, f"{method} {url}: timed out after {timeout:g}s")
         except ResponseNeverReceived as e:
             if any(r.check(CancelledError) for r in e.reasons):
@@ -94,8 +95,18 @@ class HTTPChecker:
 
 
 def _read_some(response: Any, into: bytearray) -> Any:
-    """Read the body, keeping at most MAX_OUTPUT bytes; fires when it ends."""
-    done: Deferred[None] = Deferred()
+    """
+    Read the body, keeping at most MAX_OUTPUT bytes; fires when it ends.
+
+    Cancelling it (a timeout, or the check going away) closes the connection:
+    a server that stalls in the middle of a body must not keep it open.
+    """
+
+    def close(_: Deferred[None]) -> None:
+        if collect.transport is not None:
+            collect.transport.stopProducing()  # type: ignore[attr-defined]
+
+    done: Deferred[None] = Deferred(close)
 
     class Collect(Protocol):
         def dataReceived(self, data: bytes) -> None:
@@ -111,5 +122,6 @@ def _read_some(response: Any, into: bytearray) -> Any:
             if not done.called:
                 done.callback(None)
 
-    response.deliverBody(Collect())
+    collect = Collect()
+    response.deliverBody(collect)
     return done

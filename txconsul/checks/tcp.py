@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import CancelledError
+from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.protocol import Factory, Protocol
 
@@ -33,7 +34,7 @@ async def check_tcp(reactor: Any, address: str, timeout: float | None = None) ->
         d = endpoint.connect(Factory.forProtocol(Protocol))
         d.addTimeout(timeout, reactor)
         proto: Any = await d
-    except CancelledError:
+    except (CancelledError, DeferredTimeout):
         return CheckResult(CRITICAL, f"TCP connect {address}: timed out after {timeout:g}s")
     except Exception as e:  # noqa: BLE001 - every failure is a critical check
         return CheckResult(CRITICAL, f"TCP connect {address}: {e}")
