@@ -9,6 +9,7 @@ one with the same key (memberlist's node-named messages).
 
 from __future__ import annotations
 
+import bisect
 import math
 from typing import Generic, TypeVar
 
@@ -21,7 +22,7 @@ def retransmit_limit(mult: int, nodes: int) -> int:
     return mult * math.ceil(math.log10(nodes + 1))
 
 
-@attrs.define
+@attrs.define(eq=False)
 class _Item(Generic[T]):
     key: str | None
     message: T
@@ -29,60 +30,94 @@ class _Item(Generic[T]):
     order: int
     transmits: int = 0
 
+    def rank(self) -> tuple[int, int, int, _Item[T]]:
+        """Fewest sent first, then larger, then newer (order is unique)."""
+        return (self.transmits, -self.size, -self.order, self)
+
 
 @attrs.define
 class BroadcastQueue(Generic[T]):
+    """
+    Items kept sorted by rank, so taking a packet's worth looks only at the
+    front of the queue instead of sorting thousands of rumours per packet.
+    """
+
     retransmit_mult: int
     max_depth: int = 4096
-    _items: dict[int, _Item[T]] = attrs.field(factory=dict)
-    _by_key: dict[str, int] = attrs.field(factory=dict)
+    _ranked: list[tuple[int, int, int, _Item[T]]] = attrs.field(factory=list)
+    _by_key: dict[str, _Item[T]] = attrs.field(factory=dict)
     _counter: int = 0
+    _min_size: int = 1 << 30
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._ranked)
 
     def queue(self, message: T, size: int, key: str | None = None) -> None:
         if key is not None:
             old = self._by_key.pop(key, None)
             if old is not None:
-                del self._items[old]
+                self._discard(old)
         self._counter += 1
-        self._items[self._counter] = _Item(key, message, size, self._counter)
+        item = _Item(key, message, size, self._counter)
+        bisect.insort(self._ranked, item.rank())
+        self._min_size = min(self._min_size, size)
         if key is not None:
-            self._by_key[key] = self._counter
-        if len(self._items) > self.max_depth:
+            self._by_key[key] = item
+        if len(self._ranked) > self.max_depth:
             self._prune()
+
+    def _discard(self, item: _Item[T]) -> None:
+        rank = item.rank()
+        i = bisect.bisect_left(self._ranked, rank[:3])
+        if i < len(self._ranked) and self._ranked[i][3] is item:
+            del self._ranked[i]
 
     def _prune(self) -> None:
         # drop the most transmitted, oldest first
-        ranked = sorted(self._items.values(), key=lambda i: (-i.transmits, i.order))
-        for item in ranked[: len(self._items) - self.max_depth]:
+        ranked = sorted((r[3] for r in self._ranked), key=lambda i: (-i.transmits, i.order))
+        for item in ranked[: len(self._ranked) - self.max_depth]:
             self._remove(item)
 
     def _remove(self, item: _Item[T]) -> None:
-        del self._items[item.order]
-        if item.key is not None and self._by_key.get(item.key) == item.order:
+        self._discard(item)
+        if item.key is not None and self._by_key.get(item.key) is item:
             del self._by_key[item.key]
 
     def get(self, overhead: int, limit: int, nodes: int) -> list[T]:
         """Take what fits in ``limit`` bytes, ``overhead`` more per message."""
-        if not self._items or limit <= overhead:
-            return []
+        return self.take(overhead, limit, nodes)[0]
+
+    def take(self, overhead: int, limit: int, nodes: int) -> tuple[list[T], int]:
+        """Like ``get``, and also say how many bytes (overheads included) were taken."""
+        if not self._ranked or limit <= overhead:
+            return [], 0
         transmit_limit = retransmit_limit(self.retransmit_mult, nodes)
-        ranked = sorted(self._items.values(), key=lambda i: (i.transmits, -i.size, -i.order))
+        smallest = self._min_size + overhead
         used = 0
-        out = []
-        for item in ranked:
+        taken: list[int] = []
+        ranked = self._ranked
+        for i, (_, _, _, item) in enumerate(ranked):
+            if limit - used < smallest:
+                break
             cost = item.size + overhead
             if used + cost > limit:
                 continue
             used += cost
+            taken.append(i)
+        items = [ranked[i][3] for i in taken]
+        for i in reversed(taken):
+            del ranked[i]
+        out = []
+        for item in items:
             out.append(item.message)
             item.transmits += 1
             if item.transmits >= transmit_limit:
-                self._remove(item)
-        return out
+                if item.key is not None and self._by_key.get(item.key) is item:
+                    del self._by_key[item.key]
+            else:
+                bisect.insort(ranked, item.rank())
+        return out, used
 
     def clear(self) -> None:
-        self._items.clear()
+        self._ranked.clear()
         self._by_key.clear()

@@ -254,6 +254,8 @@ class Memberlist:
         self._timers: list[tuple[float, int, Callable[..., None], tuple[Any, ...]]] = []
         self._timer_seq = 0
         self._out: list[Output] = []
+        #: the distinct Vsn vectors of alive members, for the push/pull check
+        self._alive_vsns: set[bytes] | None = None
         self.leaving = False
         self.stopped = False
         me = Node(
@@ -281,7 +283,10 @@ class Memberlist:
         """Handle one decoded message that arrived from ``source``."""
         if self.stopped:
             return []
-        if isinstance(message, Ping):
+        kind = type(message)
+        if kind is Alive:
+            self.on_alive(now, message)  # type: ignore[arg-type]
+        elif isinstance(message, Ping):
             self._on_ping(source, message)
         elif isinstance(message, IndirectPing):
             self._on_indirect_ping(now, source, message)
@@ -358,9 +363,19 @@ class Memberlist:
             return []
         if not self._versions_compatible(remote.nodes):
             raise MalformedPacket("incompatible protocol versions in push/pull")
+        nodes = self.nodes
         for n in remote.nodes:
             state = n.state
             if state == MemberState.ALIVE:
+                known = nodes.get(n.name)
+                if (
+                    known is not None
+                    and n.incarnation <= known.incarnation
+                    and known.addr == n.addr
+                    and known.port == n.port
+                    and n.name != self.name
+                ):
+                    continue  # what on_alive would ignore, without building an Alive
                 self.on_alive(now, Alive(n.incarnation, n.name, n.addr, n.port, n.meta, n.vsn))
             elif state == MemberState.LEFT:
                 self.on_dead(now, Dead(n.incarnation, n.name, n.name))
@@ -371,9 +386,10 @@ class Memberlist:
         return self._drain()
 
     def _versions_compatible(self, remote: Iterable[PushNodeState]) -> bool:
-        vsns = [n.vsn for n in remote if n.state == MemberState.ALIVE]
-        vsns += [n.vsn for n in self.nodes.values() if n.state == MemberState.ALIVE]
-        vsns = [v for v in vsns if len(v) >= 6]
+        if self._alive_vsns is None:
+            self._alive_vsns = {n.vsn for n in self.nodes.values() if n.state == MemberState.ALIVE}
+        vsns = {n.vsn for n in remote if n.state == MemberState.ALIVE} | self._alive_vsns
+        vsns = {v for v in vsns if len(v) >= 6}
         if not vsns:
             return True
         lo_p = max(v[0] for v in vsns)
@@ -594,8 +610,7 @@ class Memberlist:
 
     def _broadcasts(self, room: int) -> list[Message]:
         nodes = len(self.nodes)
-        out = self.broadcasts.get(COMPOUND_OVERHEAD, room, nodes)
-        used = sum(_size(m) + COMPOUND_OVERHEAD for m in out)
+        out, used = self.broadcasts.take(COMPOUND_OVERHEAD, room, nodes)
         for payload in self.delegate.get_broadcasts(COMPOUND_OVERHEAD + 1, room - used):
             out.append(User(payload))
         return out
@@ -617,11 +632,20 @@ class Memberlist:
         if node.state != state:
             node.state = state
             node.state_change = now
+            self._alive_vsns = None
 
     def on_alive(self, now: float, alive: Alive) -> None:
+        node = self.nodes.get(alive.node)
+        if (
+            node is not None
+            and alive.incarnation <= node.incarnation
+            and node.addr == alive.addr
+            and node.port == alive.port
+            and alive.node != self.name
+        ):
+            return  # old news: the common case in a gossip storm
         if not _vsn_ok(alive.vsn):
             return
-        node = self.nodes.get(alive.node)
         if node is not None and node.addr == alive.addr and node.port == alive.port:
             address = node.address
         else:
@@ -668,7 +692,9 @@ class Memberlist:
         node.meta = alive.meta
         node.addr = alive.addr
         node.port = alive.port
-        node.vsn = alive.vsn
+        if node.vsn != alive.vsn:
+            node.vsn = alive.vsn
+            self._alive_vsns = None
         node.address = address
         self._set_state(node, MemberState.ALIVE, now)
         if dead_or_left(was):

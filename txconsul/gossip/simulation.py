@@ -95,9 +95,6 @@ class SimMember:
         )
         self._timer: IDelayedCall | None = None
         self._armed = math.inf
-        #: While the member is "slow" (a starved CPU), its work waits until then.
-        self.slow_until = 0.0
-        self._backlog: list[tuple[Address, tuple[Message, ...]]] = []
         self.crashed = False
         cluster.net.listen(address, self._on_datagram, self._on_stream)
         self._arm()
@@ -108,19 +105,12 @@ class SimMember:
     def _on_datagram(self, source: Address, messages: tuple[Message, ...]) -> None:
         if self.crashed:
             return
-        if self.now() < self.slow_until:
-            if not self._backlog:
-                self.cluster.clock.callLater(self.slow_until - self.now(), self._catch_up)
-            self._backlog.append((source, messages))
-            return
         now = self.now()
+        receive = self.core.receive
+        outputs: list[Output] = []
         for message in messages:
-            self.emit(self.core.receive(now, source, message))
-
-    def _catch_up(self) -> None:
-        backlog, self._backlog = self._backlog, []
-        for source, messages in backlog:
-            self._on_datagram(source, messages)
+            outputs += receive(now, source, message)
+        self.emit(outputs)
 
     def _on_stream(self, source: Address, request: Any) -> Any:
         if self.crashed:
@@ -157,7 +147,7 @@ class SimMember:
             self.emit(self.core.merge_remote_state(self.now(), state))
 
     def _arm(self) -> None:
-        deadline = max(self.core.next_deadline(), self.slow_until)
+        deadline = self.core.next_deadline()
         if deadline >= self._armed or math.isinf(deadline):
             return
         delay = max(0.0, deadline - self.now())
@@ -172,10 +162,18 @@ class SimMember:
         self._timer = None
         if self.crashed:
             return
-        if self.now() < self.slow_until:
-            self._arm()
-            return
         self.emit(self.core.tick(self.now()))
+
+    def slow(self, inbox_delay: float) -> None:
+        """Handle incoming messages ``inbox_delay`` seconds late (0: normal again).
+
+        The member's own timers keep firing on time, as on a starved CPU whose
+        receive loop falls behind: it probes on schedule, but reads acks late.
+        """
+        if inbox_delay > 0:
+            self.cluster.net.inbox_delay[self.address] = inbox_delay
+        else:
+            self.cluster.net.inbox_delay.pop(self.address, None)
 
     def crash(self) -> None:
         self.crashed = True

@@ -55,6 +55,10 @@ class SimNetwork:
         self.down: set[Address] = set()
         self._datagram: dict[Address, DatagramHandler] = {}
         self._stream: dict[Address, StreamHandler] = {}
+        #: Extra seconds before a host gets to its incoming messages (a starved CPU):
+        #: its timers keep firing on time, its inbox is processed late, in order.
+        self.inbox_delay: dict[Address, float] = {}
+        self._inbox_free: dict[Address, float] = {}
         self.packets_sent: dict[Address, int] = {}
         self.bytes_sent: dict[Address, int] = {}
         self.dropped = 0
@@ -86,6 +90,22 @@ class SimNetwork:
     def _delay(self) -> float:
         return self.latency * (1 + self.jitter * self.rng.random())
 
+    def _until_processed(self, dst: Address, delay: float) -> float:
+        """Seconds from now until ``dst`` handles a message arriving in ``delay``."""
+        extra = self.inbox_delay.get(dst, 0.0)
+        free = self._inbox_free.get(dst)
+        if not extra and free is None:
+            return delay
+        now = self.clock.seconds()
+        when = now + delay + extra
+        if free is not None and free > when:
+            when = free  # the backlog is handled first, in arrival order
+        if extra or when > now + delay:
+            self._inbox_free[dst] = when
+        else:
+            del self._inbox_free[dst]
+        return when - now
+
     def _count(self, src: Address, payload: Any) -> None:
         self.packets_sent[src] = self.packets_sent.get(src, 0) + 1
         if self.sizer is not None:
@@ -97,7 +117,8 @@ class SimNetwork:
         if self.rng.random() < self.loss or self.blocked(src, dst):
             self.dropped += 1
             return
-        self.clock.callLater(self._delay(), self._deliver, src, dst, payload)
+        delay = self._until_processed(dst, self._delay())
+        self.clock.callLater(delay, self._deliver, src, dst, payload)
 
     def _deliver(self, src: Address, dst: Address, payload: Any) -> None:
         handler = self._datagram.get(dst)
@@ -124,7 +145,8 @@ class SimNetwork:
         if dst not in self._stream:
             self.clock.callLater(self._delay(), on_error, Unreachable(dst))
             return
-        self.clock.callLater(self._delay(), self._serve, src, dst, payload, on_reply, on_error)
+        delay = self._until_processed(dst, self._delay())
+        self.clock.callLater(delay, self._serve, src, dst, payload, on_reply, on_error)
 
     def _serve(
         self,
@@ -146,7 +168,8 @@ class SimNetwork:
         if reply is None:
             return
         self._count(dst, reply)
-        self.clock.callLater(self._delay(), self._reply, src, dst, reply, on_reply, on_error)
+        delay = self._until_processed(src, self._delay())
+        self.clock.callLater(delay, self._reply, src, dst, reply, on_reply, on_error)
 
     def _reply(
         self,
