@@ -1,0 +1,576 @@
+"""
+A deterministic simulation of a Raft cluster: real cores and memory log
+stores on an in-memory network under the heap clock, with one seeded
+``random.Random`` choosing latency, loss, reordering, partitions, crashes,
+restarts and pauses, while clients write and read a small KV map.
+
+After every delivered input the simulation checks election safety, and at
+each commit state machine safety and leader completeness; log matching is
+checked across all servers periodically and at the end; at the end, after a
+heal, every acknowledged write must be in the committed log. Any violation
+raises ``SafetyViolation`` naming the seed (``TXCONSUL_SEED=<n>``) so the
+run replays exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import msgpack
+
+from txconsul.raft.core import (
+    INFINITY,
+    Apply,
+    NotLeader,
+    Output,
+    PersistEntries,
+    PersistSnapshot,
+    PersistState,
+    RaftCore,
+    ReadFailed,
+    ReadReady,
+    RestoreSnapshot,
+    Role,
+    RoleChanged,
+    Send,
+    TakeSnapshot,
+    Timing,
+)
+from txconsul.raft.logstore import MemoryLogStore
+from txconsul.raft.messages import Entry, Message, from_wire, to_wire
+from txconsul.testing.simclock import SimClock
+
+SIM_TIMING = Timing(
+    election_timeout=1.0,
+    heartbeat_interval=0.1,
+    lease=0.8,
+    max_inflight=4,
+    max_batch=64,
+    snapshot_threshold=60,
+    trailing_logs=10,
+)
+
+
+class SafetyViolation(AssertionError):
+    pass
+
+
+def seeds_from_env(default: list[int]) -> list[int]:
+    """``TXCONSUL_SEED=n`` replays one seed; otherwise the given list."""
+    seed = os.environ.get("TXCONSUL_SEED")
+    return [int(seed)] if seed else default
+
+
+@attrs.define
+class Pending:
+    """A client's proposal, waiting to be applied at ``index`` in ``term``."""
+
+    handle: int
+    index: int
+    term: int
+    key: str
+    value: int
+
+
+@attrs.define
+class Server:
+    name: str
+    store: MemoryLogStore
+    core: RaftCore
+    kv: dict[str, int] = attrs.Factory(dict)
+    applied: int = 0
+    checked: int = 0
+    up: bool = True
+    paused: bool = False
+    held: list[tuple[str, Message]] = attrs.Factory(list)
+    timer_at: float = INFINITY
+    timer: Any = None
+    pending: dict[int, Pending] = attrs.Factory(dict)
+    reads: dict[int, tuple[int, str]] = attrs.Factory(dict)
+    waiting_reads: list[tuple[int, int, str]] = attrs.Factory(list)
+
+
+@attrs.define
+class Faults:
+    loss: float = 0.02
+    latency: float = 0.005
+    jitter: float = 0.01  # reordering comes from jitter larger than the spacing of sends
+    crashes: bool = True
+    partitions: bool = True
+    pauses: bool = True
+    wire: bool = False  # encode every message (slower; exercises the codec)
+
+
+@attrs.frozen
+class Op:
+    """One client operation for the linearizability history."""
+
+    client: int
+    kind: str  # "put", "get", "cget"
+    key: str
+    value: int | None
+    call: float
+    ret: float | None  # None: outcome unknown
+    output: int | None
+
+
+class Simulation:
+    def __init__(
+        self,
+        seed: int,
+        size: int = 3,
+        faults: Faults | None = None,
+        timing: Timing = SIM_TIMING,
+        keys: int = 3,
+        check_every: int = 200,
+    ) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.clock = SimClock()
+        self.faults = faults or Faults()
+        self.timing = timing
+        self.names = [f"s{i}" for i in range(size)]
+        self.servers: dict[str, Server] = {}
+        self.cut: set[tuple[str, str]] = set()
+        self.loss = self.faults.loss
+        self.leaders: dict[int, str] = {}
+        self.committed: dict[int, tuple[int, bytes]] = {}
+        self.acked: dict[int, tuple[int, bytes]] = {}
+        self.ops: list[Op] = []
+        self._open: dict[int, tuple[int, str, str, int | None, float]] = {}
+        self._handles = 0
+        self.keys = [f"k{i}" for i in range(keys)]
+        self._values = 0
+        self.events = 0
+        self.check_every = check_every
+        self.trace: list[str] = []
+        self.lease_reads = 0
+        for name in self.names:
+            self._boot(name, MemoryLogStore())
+
+    def fail(self, what: str) -> SafetyViolation:
+        return SafetyViolation(f"{what} (replay with TXCONSUL_SEED={self.seed})")
+
+    # -- servers --------------------------------------------------------------------
+
+    def _boot(self, name: str, store: MemoryLogStore) -> None:
+        now = self.clock.seconds()
+        restored = store.load()
+        core = RaftCore(
+            name, self.names, now, random.Random(self.rng.random()), self.timing, restored
+        )
+        server = Server(name, store, core)
+        server.checked = core.commit_index
+        if restored.snapshot is not None:
+            server.kv = dict(msgpack.unpackb(restored.snapshot.data))
+            server.applied = restored.snapshot.index
+        self.servers[name] = server
+        self._arm(server)
+
+    def crash(self, name: str) -> None:
+        server = self.servers[name]
+        if not server.up:
+            return
+        self.trace.append(f"{self.clock.seconds():.3f} crash {name}")
+        server.up = False
+        server.store.crash()
+        if server.timer is not None and server.timer.active():
+            server.timer.cancel()
+        for p in server.pending.values():
+            self._info(p.handle)
+        for handle, _ in server.reads.values():
+            self._info(handle)
+        for handle, _, _ in server.waiting_reads:
+            self._info(handle)
+
+    def restart(self, name: str) -> None:
+        if self.servers[name].up:
+            return
+        self.trace.append(f"{self.clock.seconds():.3f} restart {name}")
+        self._boot(name, self.servers[name].store)
+
+    def pause(self, name: str) -> None:
+        self.servers[name].paused = True
+
+    def resume(self, name: str) -> None:
+        server = self.servers[name]
+        if not server.paused:
+            return
+        server.paused = False
+        held, server.held = server.held, []
+        if server.up:
+            for src, msg in held:
+                server.core.receive(self.clock.seconds(), src, msg)
+                self._after_input(server)
+            self._input(server, lambda: server.core.tick(self.clock.seconds()))
+
+    def _arm(self, server: Server) -> None:
+        deadline = server.core.next_deadline()
+        if deadline == server.timer_at and server.timer is not None and server.timer.active():
+            return
+        if server.timer is not None and server.timer.active():
+            server.timer.cancel()
+        server.timer_at = deadline
+        if deadline < INFINITY:
+            delay = max(deadline - self.clock.seconds(), 0.0)
+            server.timer = self.clock.callLater(delay, self._fire, server)
+        else:
+            server.timer = None
+
+    def _fire(self, server: Server) -> None:
+        server.timer = None
+        server.timer_at = INFINITY
+        if server.paused:
+            # a paused process runs its timers late, when it resumes
+            return
+        self._input(server, lambda: server.core.tick(self.clock.seconds()))
+
+    def _input(self, server: Server, step: Callable[[], object]) -> None:
+        if not server.up:
+            return
+        step()
+        self._after_input(server)
+
+    def _after_input(self, server: Server) -> None:
+        self.events += 1
+        self._drain(server)
+        self._check_server(server)
+        if self.events % self.check_every == 0:
+            self.check_log_matching()
+        self._arm(server)
+
+    def _drain(self, server: Server) -> None:
+        core, store = server.core, server.store
+        dirty = False
+        while core.outbox:
+            for out in core.take_outputs():
+                if isinstance(out, PersistState):
+                    store.set_state(out.term, out.vote)
+                    dirty = True
+                elif isinstance(out, PersistEntries):
+                    store.store_entries(out.first_index, out.entries)
+                    dirty = True
+                elif isinstance(out, PersistSnapshot):
+                    store.store_snapshot(out.snapshot, out.base_index, out.base_term)
+                    dirty = True
+                else:
+                    if dirty:
+                        store.sync()
+                        dirty = False
+                    self._effect(server, out)
+        if dirty:
+            store.sync()
+
+    def _effect(self, server: Server, out: Output) -> None:
+        now = self.clock.seconds()
+        if isinstance(out, Send):
+            self._send(server.name, out.to, out.message)
+        elif isinstance(out, Apply):
+            self._apply(server, out)
+        elif isinstance(out, TakeSnapshot):
+            data = msgpack.packb(server.kv)
+            server.core.snapshot_taken(now, out.index, data)
+        elif isinstance(out, RestoreSnapshot):
+            server.kv = dict(msgpack.unpackb(out.snapshot.data))
+            server.applied = out.snapshot.index
+            self._serve_reads(server)
+        elif isinstance(out, ReadReady):
+            handle, key = server.reads.pop(out.read_id, (0, ""))
+            if not handle:
+                return
+            server.waiting_reads.append((handle, out.index, key))
+            self._serve_reads(server)
+        elif isinstance(out, ReadFailed):
+            handle, _ = server.reads.pop(out.read_id, (0, ""))
+            if handle:
+                self._info(handle)
+        elif isinstance(out, RoleChanged):
+            if out.role is Role.LEADER:
+                other = self.leaders.setdefault(out.term, server.name)
+                if other != server.name:
+                    raise self.fail(f"two leaders in term {out.term}: {other} and {server.name}")
+                self._check_leader_completeness(server)
+            else:
+                # the outcome of what it proposed is unknown now
+                for p in server.pending.values():
+                    self._info(p.handle)
+                server.pending.clear()
+
+    def _apply(self, server: Server, out: Apply) -> None:
+        if out.index <= server.applied:
+            raise self.fail(f"{server.name} applied {out.index} twice")
+        command = msgpack.unpackb(out.command)
+        server.kv[command["k"]] = command["v"]
+        server.applied = out.index
+        p = server.pending.pop(out.index, None)
+        if p is not None:
+            if p.term == out.term:
+                self.acked[out.index] = (out.term, out.command)
+                self._ok(p.handle, None)
+            else:
+                self._info(p.handle)
+        self._serve_reads(server)
+
+    def _serve_reads(self, server: Server) -> None:
+        if not server.waiting_reads:
+            return
+        still = []
+        for handle, index, key in server.waiting_reads:
+            if server.applied >= index or server.core.last_applied >= index:
+                self._ok(handle, server.kv.get(key))
+            else:
+                still.append((handle, index, key))
+        server.waiting_reads = still
+
+    # -- network --------------------------------------------------------------------
+
+    def _send(self, src: str, dst: str, msg: Message) -> None:
+        if (src, dst) in self.cut or self.rng.random() < self.loss:
+            return
+        payload: Any = to_wire(msg) if self.faults.wire else msg
+        delay = self.faults.latency + self.rng.random() * self.faults.jitter
+        self.clock.callLater(delay, self._deliver, src, dst, payload)
+
+    def _deliver(self, src: str, dst: str, payload: Any) -> None:
+        server = self.servers[dst]
+        if not server.up or (src, dst) in self.cut:
+            return
+        msg = from_wire(payload) if self.faults.wire else payload
+        if server.paused:
+            server.held.append((src, msg))
+            return
+        self._input(server, lambda: server.core.receive(self.clock.seconds(), src, msg))
+
+    def partition(self, side: list[str]) -> None:
+        other = [n for n in self.names if n not in side]
+        self.trace.append(f"{self.clock.seconds():.3f} partition {side} | {other}")
+        for a in side:
+            for b in other:
+                self.cut.add((a, b))
+                self.cut.add((b, a))
+
+    def cut_one_way(self, src: str, dst: str) -> None:
+        self.trace.append(f"{self.clock.seconds():.3f} cut {src}->{dst}")
+        self.cut.add((src, dst))
+
+    def heal(self) -> None:
+        self.trace.append(f"{self.clock.seconds():.3f} heal")
+        self.cut.clear()
+        self.loss = self.faults.loss
+
+    # -- clients and history --------------------------------------------------------
+
+    def _invoke(self, client: int, kind: str, key: str, value: int | None) -> int:
+        self._handles += 1
+        self._open[self._handles] = (client, kind, key, value, self.clock.seconds())
+        return self._handles
+
+    def _ok(self, handle: int, output: int | None) -> None:
+        client, kind, key, value, call = self._open.pop(handle)
+        self.ops.append(Op(client, kind, key, value, call, self.clock.seconds(), output))
+
+    def _info(self, handle: int) -> None:
+        if handle in self._open:
+            client, kind, key, value, call = self._open.pop(handle)
+            self.ops.append(Op(client, kind, key, value, call, None, None))
+
+    def _fail(self, handle: int) -> None:
+        self._open.pop(handle, None)  # definitely did not happen
+
+    def _leader(self) -> Server | None:
+        live = [
+            s for s in self.servers.values() if s.up and not s.paused and s.core.role is Role.LEADER
+        ]
+        if not live:
+            return None
+        return max(live, key=lambda s: s.core.term)
+
+    def client_step(self, client: int) -> None:
+        """One operation by one client, sent to a random live server."""
+        server = self.servers[self.rng.choice(self.names)]
+        if not server.up or server.paused:
+            return
+        now = self.clock.seconds()
+        key = self.rng.choice(self.keys)
+        roll = self.rng.random()
+        core = server.core
+        if roll < 0.5:
+            self._values += 1
+            value = self._values
+            command = msgpack.packb({"k": key, "v": value})
+            handle = self._invoke(client, "put", key, value)
+            index = core.propose(now, command)
+            if isinstance(index, NotLeader):
+                self._fail(handle)
+            else:
+                server.pending[index] = Pending(handle, index, core.term, key, value)
+            self._after_input(server)
+        elif roll < 0.75:
+            handle = self._invoke(client, "get", key, None)
+            if core.can_serve_default_read(now):
+                self.lease_reads += 1
+                self._ok(handle, server.kv.get(key))
+            else:
+                self._fail(handle)
+        else:
+            handle = self._invoke(client, "cget", key, None)
+            rid = core.read_index(now)
+            if isinstance(rid, NotLeader):
+                self._fail(handle)
+            else:
+                server.reads[rid] = (handle, key)
+            self._after_input(server)
+
+    # -- invariants -------------------------------------------------------------------
+
+    def _check_server(self, server: Server) -> None:
+        core = server.core
+        if core.commit_index <= server.checked:
+            return
+        for index in range(max(core.first_index, server.checked + 1), core.commit_index + 1):
+            if index > core.last_index:
+                raise self.fail(f"{server.name} commits {index} beyond its log")
+            e = core.entry(index)
+            seen = self.committed.get(index)
+            mine = (e.term, _entry_key(e))
+            if seen is None:
+                self.committed[index] = mine
+            elif seen != mine:
+                raise self.fail(
+                    f"state machine safety: {server.name} committed {mine} at {index}, "
+                    f"others {seen}"
+                )
+
+    def _check_leader_completeness(self, server: Server) -> None:
+        core = server.core
+        for index, (term, key) in self.committed.items():
+            if index < core.first_index:
+                if index > core.last_index:
+                    raise self.fail(f"leader {server.name} lacks committed {index}")
+                continue
+            if index > core.last_index or (
+                core.entry(index).term,
+                _entry_key(core.entry(index)),
+            ) != (term, key):
+                raise self.fail(
+                    f"leader completeness: {server.name} (term {core.term}) lacks committed {index}"
+                )
+
+    def check_log_matching(self) -> None:
+        cores = [s.core for s in self.servers.values() if s.up]
+        for i, a in enumerate(cores):
+            for b in cores[i + 1 :]:
+                lo = max(a.first_index, b.first_index)
+                hi = min(a.last_index, b.last_index)
+                agreed = False
+                for index in range(hi, lo - 1, -1):
+                    ea, eb = a.entry(index), b.entry(index)
+                    if agreed or ea.term == eb.term:
+                        agreed = True
+                        if ea != eb:
+                            raise self.fail(
+                                f"log matching: {a.me} and {b.me} differ at {index} below a "
+                                f"shared term"
+                            )
+
+    # -- schedules --------------------------------------------------------------------
+
+    def run(self, seconds: float = 20.0, clients: int = 4, rate: float = 20.0) -> None:
+        """Clients at ``rate`` ops/s in total, faults every second or so, then heal and settle."""
+        rng = self.rng
+        t = 0.5
+        while t < seconds:
+            t += rng.expovariate(rate)
+            self.clock.callLater(t - self.clock.seconds(), self.client_step, rng.randrange(clients))
+        t = 2.0
+        while t < seconds - 2:
+            self.clock.callLater(t, self._fault)
+            t += rng.uniform(0.5, 2.5)
+        self.clock.run_until(seconds)
+        self.settle()
+
+    def _fault(self) -> None:
+        rng, f = self.rng, self.faults
+        roll = rng.random()
+        names = self.names
+        if roll < 0.25 and f.partitions:
+            self.heal()
+            k = rng.randrange(1, len(names))
+            self.partition(rng.sample(names, k))
+        elif roll < 0.35 and f.partitions:
+            leader = self._leader()
+            if leader is not None:
+                self.heal()
+                self.partition([leader.name])
+        elif roll < 0.42 and f.partitions:
+            a, b = rng.sample(names, 2)
+            self.cut_one_way(a, b)
+        elif roll < 0.5:
+            self.trace.append(f"{self.clock.seconds():.3f} loss 0.5")
+            self.loss = 0.5
+            self.clock.callLater(1.0, self._restore_loss)
+        elif roll < 0.7 and f.crashes:
+            victim = rng.choice(names)
+            self.crash(victim)
+            self.clock.callLater(rng.uniform(0.2, 3.0), self.restart, victim)
+        elif roll < 0.78 and f.crashes:
+            leader = self._leader()
+            if leader is not None:
+                self.crash(leader.name)
+                self.clock.callLater(rng.uniform(0.2, 3.0), self.restart, leader.name)
+        elif roll < 0.88 and f.pauses:
+            victim = rng.choice(names)
+            self.trace.append(f"{self.clock.seconds():.3f} pause {victim}")
+            self.pause(victim)
+            self.clock.callLater(rng.uniform(0.5, 2.5), self.resume, victim)
+        else:
+            self.heal()
+
+    def _restore_loss(self) -> None:
+        self.loss = self.faults.loss
+
+    def settle(self, limit: float = 30.0) -> None:
+        """Heal everything, let the cluster converge, then check what must hold."""
+        self.heal()
+        self.loss = 0.0
+        for name in self.names:
+            self.resume(name)
+            self.restart(name)
+        end = self.clock.seconds() + limit
+        while self.clock.seconds() < end:
+            self.clock.advance(0.5)
+            leader = self._leader()
+            if leader is None:
+                continue
+            # let a fresh write commit, so everything before it is committed everywhere
+            if (
+                all(
+                    s.core.commit_index == leader.core.last_index
+                    and s.core.role is not Role.CANDIDATE
+                    for s in self.servers.values()
+                )
+                and leader.core.commit_index >= leader.core._term_start
+            ):
+                break
+        else:
+            raise self.fail("the cluster did not converge after healing")
+        self.check_log_matching()
+        for index, (term, command) in self.acked.items():
+            seen = self.committed.get(index)
+            if seen != (term, command):
+                raise self.fail(f"acknowledged write at {index} lost: committed {seen}")
+        kvs = {s.name: s.kv for s in self.servers.values()}
+        first = kvs[self.names[0]]
+        for name, kv in kvs.items():
+            if kv != first:
+                raise self.fail(f"state machines differ after settling: {name}")
+        for handle in list(self._open):
+            self._info(handle)
+
+
+def _entry_key(e: Entry) -> bytes:
+    return e.command if e.config is None else repr(e.config).encode()
