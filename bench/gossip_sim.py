@@ -1,15 +1,24 @@
 """
-Gossip simulation figures (issue 3): convergence, failure detection, false
-positives under loss, bytes per node per second, and Lifeguard on/off with
-slow members. Runs the real memberlist core on the simulated network.
+Gossip simulation figures for issue 3, from the real memberlist core on the
+simulated network (txconsul.gossip.simulation). Every figure is in virtual
+time and replays exactly from its seed; wall times are indicative only.
 
-    python bench/gossip_sim.py --nodes 100 1000 --loss 0.05 --seed 1
-    python bench/gossip_sim.py --lifeguard --nodes 100 --slow 1 2 4 8 --minutes 10
+    python bench/gossip_sim.py scale --nodes 100 1000 --seeds 1 2 3
+    python bench/gossip_sim.py scale --nodes 10000 --seeds 1
+    python bench/gossip_sim.py lifeguard --slow 1 2 4 8 --minutes 5 --seeds 1 2 3
+
+``scale`` starts a converged pool (``SimCluster(bootstrap=True)``) at LAN
+defaults with 5% packet loss, measures bytes per node per second over a quiet
+minute, fires five user events from one node, kills one node, and counts
+false positives over the whole run. ``lifeguard`` is Lifeguard's experiment:
+100 members, some of them slow (their inbox is handled seconds late while
+their timers fire on time), with awareness and dynamic suspicion off and on.
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import time
 
@@ -19,75 +28,202 @@ from txconsul.gossip.memberlist import GossipConfig
 from txconsul.gossip.simulation import SimCluster
 
 
-def membership(seed: int, n: int, loss: float, seconds: float) -> None:
+def percentile(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+@attrs.frozen
+class ScaleResult:
+    udp_bytes: float  # per node per second
+    stream_bytes: float
+    event_p50: float
+    event_p99: float
+    event_max: float
+    event_reached_all: bool
+    detected_by: int
+    should_detect: int
+    detect_median: float
+    detect_max: float
+    false_positives: int
+    wall: float
+
+
+def scale(seed: int, n: int, loss: float, window: float) -> ScaleResult:
     wall = time.monotonic()
-    cluster = SimCluster(seed, n, loss=loss, measure_bytes=True)
-    converged = cluster.run_until_converged(120, step=0.5)
-    start_bytes = sum(cluster.net.bytes_sent.values())
-    t0 = cluster.clock.seconds()
+    cluster = SimCluster(seed, n, loss=loss, measure_bytes=True, bootstrap=True)
+    cluster.run(10)  # let the staggered timers settle
+    net = cluster.net
+    udp0, stream0 = net.datagram_bytes, net.stream_bytes
+    cluster.run(window)
+    udp = (net.datagram_bytes - udp0) / n / window
+    stream = (net.stream_bytes - stream0) / n / window
+    # five user events from one member, two seconds apart
+    fired: dict[int, float] = {}
+    for ltime in range(1, 6):
+        fired[ltime] = cluster.clock.seconds()
+        cluster.fire_event("node-0", ltime, f"deploy-{ltime}", b"v1")
+        cluster.run(2)
+    cluster.run(8)
+    latencies = [t - fired[lt] for t, who, lt in cluster.deliveries if who != "node-0"]
+    reached_all = len(latencies) == 5 * (n - 1)
+    # one member crashes
     victim = f"node-{n // 2}"
+    killed_at = cluster.clock.seconds()
     cluster.kill(victim)
-    cluster.run(seconds)
+    cluster.run(60)
     detections = cluster.detections(victim)
-    lat = sorted(t - t0 for t in detections.values())
-    per_node = (sum(cluster.net.bytes_sent.values()) - start_bytes) / n / seconds
-    print(
-        f"n={n} loss={loss:.0%} converged_at={converged} s "
-        f"detected_by={len(detections)}/{n - 1} "
-        f"detect_median={statistics.median(lat) if lat else None:.2f} s "
-        f"detect_max={max(lat) if lat else None:.2f} s "
-        f"false_positives={len(cluster.false_positives())} "
-        f"bytes_per_node_per_s={per_node:.0f} wall={time.monotonic() - wall:.1f} s"
+    lat = [t - killed_at for t in detections.values()]
+    return ScaleResult(
+        udp,
+        stream,
+        percentile(latencies, 50),
+        percentile(latencies, 99),
+        max(latencies) if latencies else float("nan"),
+        reached_all,
+        len(detections),
+        n - 1,
+        statistics.median(lat) if lat else float("nan"),
+        max(lat) if lat else float("nan"),
+        len(cluster.false_positives()),
+        time.monotonic() - wall,
     )
 
 
-def lifeguard(seed: int, n: int, slow: int, minutes: float, on: bool) -> tuple[int, float]:
+def run_scale(args: argparse.Namespace) -> None:
+    print("targets: user event to every node within 1 s (p99); killed node failed at every")
+    print("node; no live node ever failed at 5% loss; UDP bytes/node/s flat within 20%")
+    print("from 100 to 1,000 nodes; 10,000 nodes complete.")
+    flat: dict[int, float] = {}
+    for n in args.nodes:
+        results = []
+        for seed in args.seeds:
+            r = scale(seed, n, args.loss, args.window)
+            results.append(r)
+            print(
+                f"  n={n} seed={seed} loss={args.loss:.0%}: "
+                f"udp={r.udp_bytes:.0f} B/node/s push-pull={r.stream_bytes:.0f} B/node/s; "
+                f"event p50={r.event_p50:.3f} p99={r.event_p99:.3f} max={r.event_max:.3f} s "
+                f"all={r.event_reached_all}; failed at {r.detected_by}/{r.should_detect} "
+                f"median={r.detect_median:.1f} max={r.detect_max:.1f} s; "
+                f"false positives={r.false_positives}; wall {r.wall:.0f} s",
+                flush=True,
+            )
+        med = statistics.median
+        flat[n] = med(r.udp_bytes for r in results)
+        print(
+            f"n={n} median over {len(results)} seed(s): "
+            f"udp={flat[n]:.0f} B/node/s "
+            f"push-pull={med(r.stream_bytes for r in results):.0f} B/node/s "
+            f"event p99={med(r.event_p99 for r in results):.3f} s (target <= 1 s) "
+            f"detected by all={all(r.detected_by == r.should_detect for r in results)} "
+            f"detect median={med(r.detect_median for r in results):.1f} s "
+            f"false positives={sum(r.false_positives for r in results)} (target 0)",
+            flush=True,
+        )
+    if 100 in flat and 1000 in flat:
+        change = flat[1000] / flat[100] - 1
+        print(f"udp bytes/node/s 100 -> 1,000 nodes: {change:+.1%} (target within +-20%)")
+
+
+@attrs.frozen
+class LifeguardResult:
+    healthy_fp: int  # declarations that a healthy (not slow) member is dead
+    slow_fp: int  # declarations that a slow member is dead
+    detect_median: float  # seen by healthy members, after 5 healthy members crash
+
+
+def lifeguard(
+    seed: int, n: int, slow: int, minutes: float, on: bool, delays: tuple[float, float]
+) -> LifeguardResult:
     config = GossipConfig.lan()
     if not on:
         config = attrs.evolve(config, awareness=False, dynamic_suspicion=False)
-    cluster = SimCluster(seed, n, config=config)
-    cluster.run_until_converged(120, step=0.5)
-    rng = cluster.rng
-    slow_members = [cluster.members[f"node-{i}"] for i in range(1, slow + 1)]
+    cluster = SimCluster(seed, n, config=config, bootstrap=True)
+    cluster.run(10)
+    # the same slow episodes with Lifeguard on and off
+    episodes = random.Random(seed * 1000 + slow)
+    slow_names = [f"node-{i}" for i in range(1, slow + 1)]
+    ends = dict.fromkeys(slow_names, 0.0)
+
+    def step() -> None:
+        now = cluster.clock.seconds()
+        for name in slow_names:
+            if ends[name] and now >= ends[name]:
+                cluster.members[name].slow(0)
+                ends[name] = 0.0
+            if not ends[name] and episodes.random() < 0.1:
+                cluster.members[name].slow(episodes.uniform(*delays))
+                ends[name] = now + episodes.uniform(5, 20)
+        cluster.run(0.5)
+
     end = cluster.clock.seconds() + minutes * 60
     while cluster.clock.seconds() < end:
-        for member in slow_members:
-            if member.slow_until <= cluster.clock.seconds() and rng.random() < 0.2:
-                member.slow_until = cluster.clock.seconds() + rng.uniform(1, 5)
-        cluster.run(1.0)
-    healthy_fp = [d for d in cluster.false_positives()]
-    # true detections: crash 5 members, measure median detection
-    t0 = cluster.clock.seconds()
+        step()
+    wrong = cluster.false_positives()
+    healthy_fp = sum(1 for d in wrong if d.subject not in ends)
     victims = [f"node-{n - 1 - i}" for i in range(5)]
+    killed_at = cluster.clock.seconds()
     for name in victims:
         cluster.kill(name)
-    cluster.run(60)
-    lat = [t - t0 for v in victims for t in cluster.detections(v).values()]
-    return len(healthy_fp), statistics.median(lat) if lat else float("nan")
+    for _ in range(120):
+        step()
+    lat = [
+        t - killed_at
+        for v in victims
+        for observer, t in cluster.detections(v).items()
+        if observer not in ends
+    ]
+    return LifeguardResult(healthy_fp, len(wrong) - healthy_fp, statistics.median(lat))
+
+
+def run_lifeguard(args: argparse.Namespace) -> None:
+    lo, hi = args.delay
+    print(
+        f"targets: >50x fewer false positives with Lifeguard (or zero); median detection "
+        f"<= 1.5x plain SWIM. n={args.n}, slow members' inbox {lo}-{hi} s late in "
+        f"episodes of 5-20 s, {args.minutes} virtual minutes per run"
+    )
+    med = statistics.median
+    for k in args.slow:
+        off = [lifeguard(s, args.n, k, args.minutes, False, (lo, hi)) for s in args.seeds]
+        on = [lifeguard(s, args.n, k, args.minutes, True, (lo, hi)) for s in args.seeds]
+        fp_off = sum(r.healthy_fp for r in off)
+        fp_on = sum(r.healthy_fp for r in on)
+        ratio = "inf (zero with Lifeguard)" if fp_on == 0 else f"{fp_off / fp_on:.0f}x"
+        d_off = med(r.detect_median for r in off)
+        d_on = med(r.detect_median for r in on)
+        print(
+            f"slow={k} seeds={len(args.seeds)}: healthy nodes declared dead "
+            f"SWIM={fp_off} Lifeguard={fp_on} (fewer: {ratio}); slow nodes declared dead "
+            f"SWIM={sum(r.slow_fp for r in off)} Lifeguard={sum(r.slow_fp for r in on)}; "
+            f"median detection SWIM={d_off:.2f} s Lifeguard={d_on:.2f} s "
+            f"({d_on / d_off:.2f}x)",
+            flush=True,
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--nodes", type=int, nargs="+", default=[100])
-    parser.add_argument("--loss", type=float, default=0.05)
-    parser.add_argument("--seconds", type=float, default=60)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--lifeguard", action="store_true")
-    parser.add_argument("--slow", type=int, nargs="+", default=[1, 2, 4, 8])
-    parser.add_argument("--minutes", type=float, default=10)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("scale")
+    p.add_argument("--nodes", type=int, nargs="+", default=[100, 1000])
+    p.add_argument("--seeds", type=int, nargs="+", default=[1])
+    p.add_argument("--loss", type=float, default=0.05)
+    p.add_argument("--window", type=float, default=60, help="seconds of byte counting")
+    p = sub.add_parser("lifeguard")
+    p.add_argument("--n", type=int, default=100)
+    p.add_argument("--slow", type=int, nargs="+", default=[1, 2, 4, 8])
+    p.add_argument("--minutes", type=float, default=5)
+    p.add_argument("--seeds", type=int, nargs="+", default=[1])
+    p.add_argument("--delay", type=float, nargs=2, default=[0.5, 10.0])
     args = parser.parse_args()
-    if args.lifeguard:
-        for n in args.nodes:
-            for k in args.slow:
-                off = lifeguard(args.seed, n, k, args.minutes, on=False)
-                on = lifeguard(args.seed, n, k, args.minutes, on=True)
-                print(
-                    f"n={n} slow={k} FP off={off[0]} on={on[0]} "
-                    f"median detection off={off[1]:.2f} s on={on[1]:.2f} s"
-                )
-        return
-    for n in args.nodes:
-        membership(args.seed, n, args.loss, args.seconds)
+    if args.command == "scale":
+        run_scale(args)
+    else:
+        run_lifeguard(args)
 
 
 if __name__ == "__main__":

@@ -256,6 +256,8 @@ class Memberlist:
         self._out: list[Output] = []
         #: the distinct Vsn vectors of alive members, for the push/pull check
         self._alive_vsns: set[bytes] | None = None
+        #: members borrowed from a table shared with other simulated cores
+        self._shared: dict[str, Node] | None = None
         self.leaving = False
         self.stopped = False
         me = Node(
@@ -397,6 +399,36 @@ class Memberlist:
         lo_d = max(v[3] for v in vsns)
         hi_d = min(v[4] for v in vsns)
         return all(lo_p <= v[2] <= hi_p and lo_d <= v[5] <= hi_d for v in vsns)
+
+    def bootstrap(self, now: float, shared: dict[str, Node], order: list[str]) -> None:
+        """
+        Start as a member of a converged pool: know every node in ``shared``.
+
+        For simulations of thousands of members: the ``Node`` records are
+        shared between cores and copied before the first change, so 10,000
+        cores do not hold 10,000 copies each. The first push/pull is staggered
+        over the scaled interval, as for a member that has been running a while.
+        """
+        nodes = dict(shared)
+        nodes[self.name] = self.me
+        self.nodes = nodes
+        self._shared = shared
+        self._order = list(order)
+        self._probe_index = int(self.rng.random() * len(order))
+        self._alive_vsns = None
+        self._timers = [t for t in self._timers if t[2] != self._push_pull_tick]
+        heapq.heapify(self._timers)
+        if self.config.push_pull_interval > 0:
+            interval = self._push_pull_interval()
+            self._at(now + self.rng.random() * interval, self._push_pull_tick)
+
+    def _writable(self, node: Node) -> Node:
+        """``node`` itself, or a private copy of it if it is borrowed."""
+        shared = self._shared
+        if shared is not None and shared.get(node.name) is node:
+            node = attrs.evolve(node)
+            self.nodes[node.name] = node
+        return node
 
     # --- members -----------------------------------------------------------------
 
@@ -595,12 +627,15 @@ class Memberlist:
                 return
             self._out.append(Packet(node.address, tuple(extra), node.pmax >= 5))
 
-    def _push_pull_tick(self, now: float) -> None:
+    def _push_pull_interval(self) -> float:
         n = len(self.nodes)
         interval = self.config.push_pull_interval
         if n > 32:
             interval *= math.ceil(math.log2(n) - math.log2(32)) + 1
-        self._at(now + interval, self._push_pull_tick)
+        return interval
+
+    def _push_pull_tick(self, now: float) -> None:
+        self._at(now + self._push_pull_interval(), self._push_pull_tick)
         peers = self._random_nodes(1, lambda node: node.state == MemberState.ALIVE)
         if peers:
             self._out.append(StartPushPull(peers[0].address, self.local_state(join=False)))
@@ -686,6 +721,7 @@ class Memberlist:
             self._refute(alive.incarnation)
             return
         self._queue(alive)
+        node = self._writable(node)
         was = node.state
         meta_changed = node.meta != alive.meta
         node.incarnation = alive.incarnation
@@ -718,6 +754,7 @@ class Memberlist:
             self._refute(suspect.incarnation)
             return
         self._queue(suspect)
+        node = self._writable(node)
         node.incarnation = suspect.incarnation
         self._set_state(node, MemberState.SUSPECT, now)
         n = len(self.nodes)
@@ -756,6 +793,7 @@ class Memberlist:
             self._refute(dead.incarnation)
             return
         self._queue(dead)
+        node = self._writable(node)
         node.incarnation = dead.incarnation
         left = dead.sender == dead.node
         self._set_state(node, MemberState.LEFT if left else MemberState.DEAD, now)
@@ -773,6 +811,9 @@ class Memberlist:
 
 
 @functools.lru_cache(maxsize=1 << 16)
-def _size(message: Message) -> int:
+def message_size(message: Message) -> int:
     """Encoded size of a message (what the 1400-byte budget counts)."""
     return len(message.to_wire())
+
+
+_size = message_size

@@ -119,6 +119,11 @@ def _text(body: Mapping[bytes, Any], key: bytes) -> str:
         raise MalformedPacket(f"{key.decode()} is not UTF-8") from e
 
 
+def user_event_message(ltime: int, name: str, payload: bytes, coalesce: bool = True) -> bytes:
+    """A serf user event as it travels in a memberlist user message."""
+    return _msg(USER_EVENT, {"CC": coalesce, "LTime": ltime, "Name": name, "Payload": payload})
+
+
 class Serf:
     """
     One serf member; give it to ``Memberlist`` as the delegate, then set ``memberlist``.

@@ -9,6 +9,7 @@ random choice, so a run replays exactly from ``TXCONSUL_SEED``.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import random
@@ -17,6 +18,8 @@ from typing import Any
 import attrs
 from twisted.internet.interfaces import IDelayedCall
 
+from txconsul.gossip import wire
+from txconsul.gossip.broadcast import BroadcastQueue
 from txconsul.gossip.memberlist import (
     Address,
     GossipConfig,
@@ -27,8 +30,10 @@ from txconsul.gossip.memberlist import (
     Packet,
     StartPushPull,
     StreamPing,
+    message_size,
 )
-from txconsul.gossip.messages import Ack, Message, Ping, PushPull
+from txconsul.gossip.messages import Ack, Message, Ping, PushNodeState, PushPull
+from txconsul.gossip.serf import USER_EVENT, user_event_message
 from txconsul.gossip.states import MemberState
 from txconsul.testing.simclock import SimClock
 from txconsul.testing.simnet import SimNetwork
@@ -55,9 +60,39 @@ class Declaration:
 
 
 class _Recorder(NullDelegate):
+    """
+    Records member declarations and carries serf user events: the same wire
+    message (``0x03`` + msgpack), the same broadcast queue and dedup by
+    (LTime, Name), without serf's per-member table that 10,000 cores cannot afford.
+    """
+
     def __init__(self, cluster: SimCluster, name: str) -> None:
         self._cluster = cluster
         self._name = name
+        self.core: Memberlist | None = None
+        self.queue: BroadcastQueue[bytes] = BroadcastQueue(cluster.config.retransmit_mult)
+        self.seen: set[tuple[int, bytes]] = set()
+
+    def fire(self, now: float, ltime: int, name: str, payload: bytes) -> None:
+        message = user_event_message(ltime, name, payload)
+        self.notify_msg(now, message)
+
+    def get_broadcasts(self, overhead: int, limit: int) -> list[bytes]:
+        if not self.queue:
+            return []
+        nodes = len(self.core.nodes) if self.core is not None else 1
+        return self.queue.get(overhead, limit, nodes)
+
+    def notify_msg(self, now: float, payload: bytes) -> None:
+        if not payload or payload[0] != USER_EVENT:
+            return
+        body, _ = wire.unpack_one(payload, 1)
+        key = (body[b"LTime"], body[b"Name"])
+        if key in self.seen:
+            return
+        self.seen.add(key)
+        self._cluster.deliveries.append((now, self._name, key[0]))
+        self.queue.queue(payload, len(payload))
 
     def notify_leave(self, now: float, node: Node) -> None:
         self._cluster.declarations.append(Declaration(now, self._name, node.name, node.state))
@@ -69,10 +104,18 @@ class _Recorder(NullDelegate):
 def packet_size(payload: Any) -> int:
     """Bytes a datagram or stream message would take on the wire (uncompressed)."""
     if isinstance(payload, tuple):
-        sizes = [len(m.to_wire()) for m in payload]
+        sizes = [message_size(m) for m in payload]
         return sizes[0] if len(sizes) == 1 else 2 + 2 * len(sizes) + sum(sizes)
-    wire = getattr(payload, "to_wire", None)
-    return len(wire()) if wire is not None else 0
+    if isinstance(payload, PushPull):
+        header = 40  # type byte and the msgpack header map
+        return header + sum(_node_size(n) for n in payload.nodes) + len(payload.user_state)
+    to_wire = getattr(payload, "to_wire", None)
+    return len(to_wire()) if to_wire is not None else 0
+
+
+@functools.lru_cache(maxsize=1 << 17)
+def _node_size(node: PushNodeState) -> int:
+    return len(wire.pack(node.to_dict()))
 
 
 class SimMember:
@@ -85,14 +128,16 @@ class SimMember:
         self.name = name
         self.address = address
         clock = cluster.clock
+        self.delegate = _Recorder(cluster, name)
         self.core = Memberlist(
             name,
             address,
             config,
             random.Random(cluster.rng.getrandbits(64)),
             clock.seconds(),
-            _Recorder(cluster, name),
+            self.delegate,
         )
+        self.delegate.core = self.core
         self._timer: IDelayedCall | None = None
         self._armed = math.inf
         self.crashed = False
@@ -203,7 +248,13 @@ class SimCluster:
         latency: float = 0.002,
         measure_bytes: bool = False,
         join_spread: float = 1.0,
+        bootstrap: bool = False,
     ) -> None:
+        """
+        :param bootstrap: start every member at once as part of a converged
+            pool (``Memberlist.bootstrap``) instead of joining one by one; the
+            only way to afford thousands of members.
+        """
         self.seed = seed
         self.rng = random.Random(seed)
         self.clock = SimClock()
@@ -219,7 +270,12 @@ class SimCluster:
         self.joins: list[Declaration] = []
         self.members: dict[str, SimMember] = {}
         self.crashed: set[str] = set()
+        #: (time, member, event LTime) of each first receipt of a user event
+        self.deliveries: list[tuple[float, str, int]] = []
         self.n = n
+        if bootstrap:
+            self._bootstrap(n)
+            return
         for i in range(n):
             delay = 0.0 if i == 0 else self.rng.random() * join_spread
             self.clock.callLater(delay, self._start, i)
@@ -237,6 +293,24 @@ class SimCluster:
             seed = self.rng.randrange(len(self.members) - 1) if len(self.members) > 1 else 0
             seed_address = list(self.members.values())[seed].address
             member.emit(member.core.join(self.clock.seconds(), [seed_address]))
+
+    def _bootstrap(self, n: int) -> None:
+        now = self.clock.seconds()
+        for i in range(n):
+            name = f"node-{i}"
+            self.members[name] = SimMember(self, name, self.address_of(i), self.config)
+        shared = {name: attrs.evolve(m.core.me) for name, m in self.members.items()}
+        order = list(shared)
+        self.rng.shuffle(order)
+        for member in self.members.values():
+            member.core.bootstrap(now, shared, order)
+            member.emit([])
+
+    def fire_event(self, origin: str, ltime: int, name: str, payload: bytes = b"") -> None:
+        """``origin`` fires a serf user event (LTime chosen by the caller)."""
+        member = self.members[origin]
+        member.delegate.fire(self.clock.seconds(), ltime, name, payload)
+        member.emit([])
 
     def run(self, seconds: float) -> None:
         self.clock.advance(seconds)

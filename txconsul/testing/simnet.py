@@ -61,6 +61,8 @@ class SimNetwork:
         self._inbox_free: dict[Address, float] = {}
         self.packets_sent: dict[Address, int] = {}
         self.bytes_sent: dict[Address, int] = {}
+        self.datagram_bytes = 0
+        self.stream_bytes = 0
         self.dropped = 0
 
     def listen(self, address: Address, datagram: DatagramHandler, stream: StreamHandler) -> None:
@@ -106,10 +108,15 @@ class SimNetwork:
             del self._inbox_free[dst]
         return when - now
 
-    def _count(self, src: Address, payload: Any) -> None:
+    def _count(self, src: Address, payload: Any, stream: bool = False) -> None:
         self.packets_sent[src] = self.packets_sent.get(src, 0) + 1
         if self.sizer is not None:
-            self.bytes_sent[src] = self.bytes_sent.get(src, 0) + self.sizer(payload)
+            size = self.sizer(payload)
+            self.bytes_sent[src] = self.bytes_sent.get(src, 0) + size
+            if stream:
+                self.stream_bytes += size
+            else:
+                self.datagram_bytes += size
 
     def send(self, src: Address, dst: Address, payload: Any) -> None:
         """Send one datagram: maybe lost, otherwise delivered after the latency."""
@@ -138,7 +145,7 @@ class SimNetwork:
         return value comes back to ``on_reply``; a failure calls ``on_error``
         (at once for a closed port, after ``stream_timeout`` for a partition).
         """
-        self._count(src, payload)
+        self._count(src, payload, stream=True)
         if self.blocked(src, dst):
             self.clock.callLater(self.stream_timeout, on_error, Unreachable(dst))
             return
@@ -167,7 +174,7 @@ class SimNetwork:
             return
         if reply is None:
             return
-        self._count(dst, reply)
+        self._count(dst, reply, stream=True)
         delay = self._until_processed(src, self._delay())
         self.clock.callLater(delay, self._reply, src, dst, reply, on_reply, on_error)
 
