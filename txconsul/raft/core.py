@@ -929,6 +929,11 @@ class RaftCore:
 
     # -- views ----------------------------------------------------------------------
 
+    @property
+    def last_leader_contact(self) -> float:
+        """When we last heard a leader (our own start counts as hearing one)."""
+        return self._leader_contact
+
     def take_outputs(self) -> list[Output]:
         """Empty the outbox and return what it held."""
         out, self.outbox = self.outbox, []

@@ -489,7 +489,7 @@ class Simulation:
         t = 2.0
         while t < seconds - 2:
             self.clock.callLater(t, self._fault)
-            t += rng.uniform(0.5, 2.5)
+            t += rng.uniform(0.3, 2.0)
         self.clock.run_until(seconds)
         self.settle()
 
@@ -516,12 +516,12 @@ class Simulation:
         elif roll < 0.7 and f.crashes:
             victim = rng.choice(names)
             self.crash(victim)
-            self.clock.callLater(rng.uniform(0.2, 3.0), self.restart, victim)
+            self.clock.callLater(rng.uniform(0.05, 3.0), self.restart, victim)
         elif roll < 0.78 and f.crashes:
             leader = self._leader()
             if leader is not None:
                 self.crash(leader.name)
-                self.clock.callLater(rng.uniform(0.2, 3.0), self.restart, leader.name)
+                self.clock.callLater(rng.uniform(0.05, 3.0), self.restart, leader.name)
         elif roll < 0.88 and f.pauses:
             victim = rng.choice(names)
             self.trace.append(f"{self.clock.seconds():.3f} pause {victim}")

@@ -1,0 +1,349 @@
+# -*- test-case-name: txconsul.test.raft.test_node -*-
+"""
+RaftNode: the Twisted service that drives a ``RaftCore``.
+
+It owns the one timer (armed at the core's next deadline, measured on the
+injected monotonic clock), persists before it sends (all ``Persist*`` outputs
+of a batch go to the log store, then one ``sync()``, then the sends and the
+applies), applies committed commands to the FSM, and implements
+``IConsensus``: ``apply(command)`` returns a Deferred that fires with the
+FSM's result once the command is committed and applied here.
+
+Commands given to ``apply`` within one reactor turn are proposed together:
+one log append, one fsync, one round of AppendEntries.
+
+A failed sync halts the node: every waiting Deferred fails, nothing more is
+acknowledged or sent, and the other servers elect a new leader.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from zope.interface import Interface, implementer
+
+from txconsul.errors import NoLeader, TxConsulError
+from txconsul.interfaces import IConsensus
+from txconsul.raft.core import (
+    INFINITY,
+    Apply,
+    NotLeader,
+    Output,
+    PersistEntries,
+    PersistSnapshot,
+    PersistState,
+    RaftCore,
+    ReadFailed,
+    ReadReady,
+    RestoreSnapshot,
+    Role,
+    RoleChanged,
+    Send,
+    TakeSnapshot,
+    Timing,
+)
+from txconsul.raft.logstore import ILogStore, StoreFailed
+from txconsul.raft.messages import MalformedFrame, Message, from_wire, to_wire
+from txconsul.state.fsm import FSM
+
+
+class LeadershipLost(NoLeader):
+    """This server stopped leading before the command committed: its outcome is unknown."""
+
+
+class IRaftTransport(Interface):
+    """Carries encoded Raft messages to other servers (port 8300 in production)."""
+
+    def send(to: str, data: bytes) -> None:
+        """Send one message to the server ``to``; losing it is allowed."""
+
+
+@implementer(IConsensus)
+class RaftNode(Service):
+    """
+    :param me: this server's RPC address (``ip:port``), its identity in the configuration.
+    :param voters: the configuration of a new cluster (ignored when the store holds one).
+    :param monotonic: the clock for every Raft duration (``time.monotonic`` in production).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        me: str,
+        voters: list[str],
+        fsm: FSM,
+        store: ILogStore,
+        transport: IRaftTransport,
+        reactor: IReactorTime,
+        monotonic: Callable[[], float],
+        rng: random.Random,
+        timing: Timing = Timing(),
+    ) -> None:
+        self.me = me
+        self._voters = voters
+        self._fsm = fsm
+        self._store = store
+        self._transport = transport
+        self._reactor = reactor
+        self._monotonic = monotonic
+        self._rng = rng
+        self._timing = timing
+        self.core: RaftCore | None = None
+        self._timer: IDelayedCall | None = None
+        self._timer_at = INFINITY
+        self._queued: list[tuple[bytes, Deferred[Any]]] = []
+        self._flush_call: IDelayedCall | None = None
+        self._waiting: dict[int, tuple[int, Deferred[Any]]] = {}
+        self._reads: dict[int, Deferred[int]] = {}
+        self.halted = False
+        self.dropped = 0
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def startService(self) -> None:
+        restored = self._store.load()
+        if restored.snapshot is not None:
+            self._fsm.store.restore(restored.snapshot.data)
+        self.core = RaftCore(
+            self.me, self._voters, self._monotonic(), self._rng, self._timing, restored
+        )
+        super().startService()
+        self._arm()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        for call in (self._timer, self._flush_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._timer = self._flush_call = None
+        self._fail_all(LeadershipLost("the server is stopping"))
+        self._store.close()
+        return succeed(None)
+
+    def _halt(self, error: Exception) -> None:
+        self.log.critical("raft halted, acknowledging nothing more: {error}", error=error)
+        self.halted = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self._fail_all(error)
+
+    def _fail_all(self, error: Exception) -> None:
+        waiting = [d for _, d in self._waiting.values()] + [d for _, d in self._queued]
+        waiting += list(self._reads.values())
+        self._waiting.clear()
+        self._queued.clear()
+        self._reads.clear()
+        for d in waiting:
+            d.errback(error)
+
+    # -- inputs -----------------------------------------------------------------------
+
+    def receive(self, src: str, data: bytes) -> None:
+        """One encoded message from server ``src``, as the transport got it."""
+        try:
+            message = from_wire(data)
+        except MalformedFrame as e:
+            self.dropped += 1
+            self.log.warn("dropped a malformed raft message from {src}: {error}", src=src, error=e)
+            return
+        self.receive_message(src, message)
+
+    def receive_message(self, src: str, message: Message) -> None:
+        if self.halted or self.core is None:
+            return
+        self.core.receive(self._monotonic(), src, message)
+        self._drain()
+
+    def _tick(self) -> None:
+        self._timer = None
+        self._timer_at = INFINITY
+        if self.halted or self.core is None:
+            return
+        self.core.tick(self._monotonic())
+        self._drain()
+
+    def apply(self, command: dict[str, Any]) -> Deferred[Any]:
+        """Replicate ``command``; the Deferred fires with the FSM's result once applied here."""
+        if self.halted or self.core is None:
+            return fail(NoLeader("raft is not running"))
+        if self.core.role is not Role.LEADER:
+            return fail(NotLeader(self.core.leader))
+        d: Deferred[Any] = Deferred()
+        self._queued.append((msgpack.packb(command, use_bin_type=True), d))
+        if self._flush_call is None:
+            self._flush_call = self._reactor.callLater(0, self._flush)
+        return d
+
+    def _flush(self) -> None:
+        self._flush_call = None
+        queued, self._queued = self._queued, []
+        if not queued or self.halted or self.core is None:
+            return
+        result = self.core.propose_many(self._monotonic(), [c for c, _ in queued])
+        if isinstance(result, NotLeader):
+            for _, d in queued:
+                d.errback(result)
+            return
+        term = self.core.term
+        for index, (_, d) in zip(result, queued, strict=True):
+            self._waiting[index] = (term, d)
+        self._drain()
+
+    def consistent_read(self) -> Deferred[int]:
+        """
+        Fires (with the read index) once a quorum confirmed this leader and the
+        FSM has applied everything committed before the call: then a read of the
+        local store is linearizable.
+        """
+        if self.halted or self.core is None:
+            return fail(NoLeader("raft is not running"))
+        read_id = self.core.read_index(self._monotonic())
+        if isinstance(read_id, NotLeader):
+            return fail(read_id)
+        d: Deferred[int] = Deferred()
+        self._reads[read_id] = d
+        self._drain()
+        return d
+
+    def transfer_leadership(self, target: str = "") -> bool:
+        """Hand leadership over (graceful leave); False if there is nobody to take it."""
+        if self.halted or self.core is None:
+            return False
+        started = self.core.transfer_leadership(self._monotonic(), target)
+        self._drain()
+        return started
+
+    def change_config(self, voters: list[str]) -> int:
+        """Add or remove one voter; the log index of the change (raises NotLeader, ValueError)."""
+        if self.halted or self.core is None:
+            raise NoLeader("raft is not running")
+        result = self.core.change_config(self._monotonic(), voters)
+        if isinstance(result, NotLeader):
+            raise result
+        self._drain()
+        return result
+
+    # -- outputs ----------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        core = self.core
+        assert core is not None
+        dirty = False
+        try:
+            while core.outbox:
+                for out in core.take_outputs():
+                    if isinstance(out, PersistState):
+                        self._store.set_state(out.term, out.vote)
+                        dirty = True
+                    elif isinstance(out, PersistEntries):
+                        self._store.store_entries(out.first_index, out.entries)
+                        dirty = True
+                    elif isinstance(out, PersistSnapshot):
+                        self._store.store_snapshot(out.snapshot, out.base_index, out.base_term)
+                        dirty = True
+                    else:
+                        if dirty:
+                            self._store.sync()  # durable before anything leaves or is acknowledged
+                            dirty = False
+                        self._effect(core, out)
+            if dirty:
+                self._store.sync()
+        except StoreFailed as e:
+            self._halt(e)
+            return
+        self._arm()
+
+    def _effect(self, core: RaftCore, out: Output) -> None:
+        if isinstance(out, Send):
+            self._transport.send(out.to, to_wire(out.message))
+        elif isinstance(out, Apply):
+            self._apply(out)
+        elif isinstance(out, TakeSnapshot):
+            core.snapshot_taken(self._monotonic(), out.index, self._fsm.store.snapshot())
+        elif isinstance(out, RestoreSnapshot):
+            self._fsm.store.restore(out.snapshot.data)
+        elif isinstance(out, ReadReady):
+            d = self._reads.pop(out.read_id, None)
+            if d is not None:
+                d.callback(out.index)
+        elif isinstance(out, ReadFailed):
+            d = self._reads.pop(out.read_id, None)
+            if d is not None:
+                d.errback(NotLeader(out.leader))
+        elif isinstance(out, RoleChanged):
+            self.log.info(
+                "raft: {role} in term {term}, leader {leader}",
+                role=out.role.value,
+                term=out.term,
+                leader=out.leader or "unknown",
+            )
+            if out.role is not Role.LEADER and self._waiting:
+                waiting, self._waiting = self._waiting, {}
+                for _, d in waiting.values():
+                    d.errback(LeadershipLost("leadership lost before the command committed"))
+
+    def _apply(self, out: Apply) -> None:
+        waiter = self._waiting.pop(out.index, None)
+        ok, result = True, None
+        try:
+            command = msgpack.unpackb(out.command, raw=False)
+            result = self._fsm.apply(out.index, command)
+        except TxConsulError as e:
+            ok, result = False, e
+        except Exception as e:
+            # one bad command must not stop the log: every server fails it the same way
+            self.log.failure("applying raft entry {index}", index=out.index)
+            ok, result = False, e
+        if waiter is None:
+            return
+        term, d = waiter
+        if term != out.term:
+            d.errback(LeadershipLost("the entry was replaced by another leader's"))
+        elif ok:
+            d.callback(result)
+        else:
+            d.errback(result)
+
+    def _arm(self) -> None:
+        if self.halted or self.core is None or not self.running:
+            return
+        deadline = self.core.next_deadline()
+        if deadline == self._timer_at and self._timer is not None and self._timer.active():
+            return
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer_at = deadline
+        if deadline == INFINITY:
+            self._timer = None
+            return
+        delay = max(deadline - self._monotonic(), 0.0)
+        self._timer = self._reactor.callLater(delay, self._tick)
+
+    # -- IConsensus ---------------------------------------------------------------------
+
+    def is_leader(self) -> bool:
+        return (
+            not self.halted
+            and self.core is not None
+            and self.core.can_serve_default_read(self._monotonic())
+        )
+
+    def leader_address(self) -> str:
+        return "" if self.halted or self.core is None else self.core.leader
+
+    def peers(self) -> list[str]:
+        return [] if self.core is None else list(self.core.config)
+
+    def last_contact(self) -> float:
+        if self.core is None or self.core.role is Role.LEADER:
+            return 0.0
+        return max(self._monotonic() - self.core.last_leader_contact, 0.0)

@@ -1,0 +1,205 @@
+"""Tests for txconsul.raft.node: the Twisted adapter over a fake transport and a Clock."""
+
+from __future__ import annotations
+
+import random
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from txconsul.interfaces import IConsensus
+from txconsul.raft.core import NotLeader, Role, Timing
+from txconsul.raft.logstore import MemoryLogStore, SQLiteLogStore, StoreFailed
+from txconsul.raft.node import IRaftTransport, LeadershipLost, RaftNode
+from txconsul.state.fsm import FSM
+from txconsul.state.store import StateStore
+
+TIMING = Timing(
+    election_timeout=1.0, heartbeat_interval=0.1, lease=0.8, snapshot_threshold=4, trailing_logs=1
+)
+NAMES = ["10.0.0.1:8300", "10.0.0.2:8300", "10.0.0.3:8300"]
+
+
+def put(key: str, value: bytes) -> dict:
+    return {"Type": "kv", "Verb": "set", "Key": key, "Value": value}
+
+
+@implementer(IRaftTransport)
+class FakeTransport:
+    def __init__(self, net: Net, me: str) -> None:
+        self.net, self.me = net, me
+
+    def send(self, to: str, data: bytes) -> None:
+        if (self.me, to) not in self.net.cut:
+            self.net.clock.callLater(0.001, self.net.deliver, self.me, to, data)
+
+
+class Net:
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.nodes: dict[str, RaftNode] = {}
+        self.cut: set[tuple[str, str]] = set()
+
+    def deliver(self, src: str, dst: str, data: bytes) -> None:
+        node = self.nodes.get(dst)
+        if node is not None and node.running and (src, dst) not in self.cut:
+            node.receive(src, data)
+
+
+class NodeTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.net = Net(self.clock)
+        self.stores = {n: MemoryLogStore() for n in NAMES}
+        for i, name in enumerate(NAMES):
+            self.start(name, i)
+        self.addCleanup(self.stop_all)
+
+    def start(self, name: str, i: int, names=NAMES) -> RaftNode:
+        node = RaftNode(
+            name,
+            names,
+            FSM(StateStore()),
+            self.stores[name],
+            FakeTransport(self.net, name),
+            self.clock,
+            self.clock.seconds,
+            random.Random(i),
+            TIMING,
+        )
+        self.net.nodes[name] = node
+        node.startService()
+        return node
+
+    def stop_all(self) -> None:
+        for node in self.net.nodes.values():
+            if node.running:
+                node.stopService()
+        self.clock.advance(1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def run_for(self, seconds: float) -> None:
+        end = self.clock.seconds() + seconds
+        while self.clock.seconds() < end:
+            self.clock.advance(0.001)
+
+    def leader(self) -> RaftNode:
+        leaders = [
+            n for n in self.net.nodes.values() if n.core.role is Role.LEADER and not n.halted
+        ]
+        self.assertEqual(len(leaders), 1)
+        return leaders[0]
+
+    def test_provides_iconsensus(self) -> None:
+        self.assertTrue(verifyObject(IConsensus, self.net.nodes[NAMES[0]]))
+
+    def test_apply_fires_once_applied_everywhere(self) -> None:
+        self.run_for(3.0)
+        leader = self.leader()
+        d = leader.apply(put("web", b"1"))
+        self.assertNoResult(d)
+        self.run_for(0.05)
+        self.assertIs(self.successResultOf(d), True)
+        self.run_for(0.3)
+        for node in self.net.nodes.values():
+            self.assertEqual(node._fsm.store.kv.get("web").value, b"1")
+
+    def test_follower_refuses_with_the_leader_address(self) -> None:
+        self.run_for(3.0)
+        leader = self.leader()
+        follower = next(n for n in self.net.nodes.values() if n is not leader)
+        failure = self.failureResultOf(follower.apply(put("a", b"1")), NotLeader)
+        self.assertEqual(failure.value.leader, leader.me)
+        self.assertEqual(follower.leader_address(), leader.me)
+        self.assertFalse(follower.is_leader())
+        self.assertTrue(leader.is_leader())
+        self.assertEqual(sorted(leader.peers()), NAMES)
+
+    def test_writes_of_one_turn_share_one_sync(self) -> None:
+        self.run_for(3.0)
+        leader = self.leader()
+        store = self.stores[leader.me]
+        before = store.syncs
+        ds = [leader.apply(put(f"k{i}", b"v")) for i in range(20)]
+        self.clock.advance(0)
+        self.assertEqual(store.syncs, before + 1)
+        self.run_for(0.05)
+        self.assertEqual([self.successResultOf(d) for d in ds], [True] * 20)
+
+    def test_failed_sync_acknowledges_nothing_and_a_new_leader_takes_over(self) -> None:
+        self.run_for(3.0)
+        leader = self.leader()
+        self.stores[leader.me].fail_syncs_after = self.stores[leader.me].syncs
+        d = leader.apply(put("x", b"1"))
+        self.run_for(0.05)
+        self.failureResultOf(d, StoreFailed)
+        self.assertTrue(leader.halted)
+        self.assertFalse(leader.is_leader())
+        self.failureResultOf(leader.apply(put("y", b"1")))
+        self.run_for(5.0)
+        new = self.leader()
+        self.assertNotEqual(new.me, leader.me)
+        self.assertIsNone(new._fsm.store.kv.get("x"))
+
+    def test_consistent_read_after_quorum(self) -> None:
+        self.run_for(3.0)
+        leader = self.leader()
+        d = leader.consistent_read()
+        self.assertNoResult(d)
+        self.run_for(0.05)
+        self.assertEqual(self.successResultOf(d), leader.core.commit_index)
+
+    def test_isolated_leader_loses_lease_and_pending_writes(self) -> None:
+        self.run_for(3.0)
+        leader = self.leader()
+        self.net.cut = {(leader.me, n) for n in NAMES} | {(n, leader.me) for n in NAMES}
+        d = leader.apply(put("x", b"1"))
+        self.run_for(TIMING.lease)
+        self.assertFalse(leader.is_leader())
+        self.run_for(1.0)
+        self.failureResultOf(d, LeadershipLost)
+
+    def test_garbage_is_dropped_and_counted(self) -> None:
+        node = self.net.nodes[NAMES[0]]
+        node.receive(NAMES[1], b"\xc1\x00garbage")
+        self.assertEqual(node.dropped, 1)
+        self.flushLoggedErrors()
+
+
+class RestartTests(SynchronousTestCase):
+    def test_single_server_restarts_from_disk_with_snapshot(self) -> None:
+        clock = Clock()
+        path = self.mktemp()
+        me = "127.0.0.1:8300"
+
+        def make() -> RaftNode:
+            node = RaftNode(
+                me,
+                [me],
+                FSM(StateStore()),
+                SQLiteLogStore(path),
+                FakeTransport(Net(clock), me),
+                clock,
+                clock.seconds,
+                random.Random(1),
+                TIMING,
+            )
+            node.startService()
+            clock.advance(0)
+            return node
+
+        node = make()
+        self.assertTrue(node.is_leader())
+        for i in range(10):
+            d = node.apply(put(f"k{i}", b"%d" % i))
+            clock.advance(0)
+            self.assertIs(self.successResultOf(d), True)
+        self.assertIsNotNone(node.core.snapshot)
+        node.stopService()
+        again = make()
+        self.addCleanup(again.stopService)
+        self.assertTrue(again.is_leader())
+        for i in range(10):
+            self.assertEqual(again._fsm.store.kv.get(f"k{i}").value, b"%d" % i)
