@@ -19,6 +19,7 @@ from twisted.web.client import (
     BrowserLikePolicyForHTTPS,
     HTTPConnectionPool,
     ResponseNeverReceived,
+    _HTTP11ClientFactory,
 )
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IPolicyForHTTPS
@@ -37,12 +38,22 @@ class _NoVerify:
         return ssl.CertificateOptions(verify=False)
 
 
+class _QuietFactory(_HTTP11ClientFactory):
+    """No "Starting factory"/"Stopping factory" log lines: two per check run."""
+
+    noisy = False
+
+
+class _QuietPool(HTTPConnectionPool):
+    _factory = _QuietFactory
+
+
 class HTTPChecker:
     """Runs HTTP checks with one connection pool, no keep-alive between runs."""
 
     def __init__(self, reactor: Any) -> None:
         self._reactor = reactor
-        pool = HTTPConnectionPool(reactor, persistent=False)
+        pool = _QuietPool(reactor, persistent=False)
         self._agent = Agent(reactor, BrowserLikePolicyForHTTPS(), pool=pool)
         self._insecure = Agent(reactor, _NoVerify(), pool=pool)
 
