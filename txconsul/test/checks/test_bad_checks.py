@@ -17,6 +17,7 @@ from typing import Any
 from twisted.internet import defer, reactor  # noqa: TID251 (real-socket test)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from txconsul.checks.http import HTTPChecker
@@ -144,6 +145,7 @@ class EndlessBody(Silent):
 
 def server(kind: type[Protocol]) -> Any:
     factory = Factory.forProtocol(kind)
+    factory.noisy = False
     factory.opened = []  # type: ignore[attr-defined]
     factory.closed = []  # type: ignore[attr-defined]
     return factory
@@ -228,6 +230,17 @@ class BadHTTPTargetTests(LeakChecking):
             yield d
             yield self.assertNoLeak(self.fds, self.kids)
             self.assertEqual(len(factory.closed), 1, kind.__name__)
+
+    @defer.inlineCallbacks
+    def test_runs_leave_no_log_lines(self) -> Any:
+        # Two lines per run ("Starting/Stopping factory") flood the log of an
+        # agent with thousands of HTTP checks.
+        port = self.listen(server(Garbage))
+        events: list[Any] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        yield self.run_check(f"http://127.0.0.1:{port}/")
+        self.assertEqual([e.get("log_format") for e in events], [])
 
     @defer.inlineCallbacks
     def test_many_bad_targets_at_once(self) -> Any:
