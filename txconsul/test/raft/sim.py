@@ -107,15 +107,40 @@ class Faults:
 
 @attrs.frozen
 class Op:
-    """One client operation for the linearizability history."""
+    """
+    One client operation for the linearizability history. ``call`` and ``ret``
+    count recorded events, so their order is exact; ``ret`` is ``None`` when
+    the outcome is unknown.
+    """
 
     client: int
-    kind: str  # "put", "get", "cget"
+    kind: str  # "put", "cas", "get" (default mode), "cget" (?consistent)
     key: str
-    value: int | None
-    call: float
-    ret: float | None  # None: outcome unknown
-    output: int | None
+    value: int | None  # put: the value; cas: the new value
+    expected: int | None  # cas: the value it must find (None: absent)
+    call: int
+    ret: int | None
+    output: int | bool | None
+
+    def to_operation(self) -> Any:
+        """This operation in the shape of ``txconsul.testing.linearizability``."""
+        from txconsul.testing import linearizability as lin
+
+        input: object
+        if self.kind == "put":
+            input = lin.Put(self.key, self.value)
+        elif self.kind == "cas":
+            input = lin.Cas(self.key, self.expected, self.value)
+        else:
+            input = lin.Get(self.key)
+        if self.ret is None:
+            return lin.Operation(self.client, input, lin.UNKNOWN, self.call, None)
+        output = True if self.kind == "put" else self.output
+        return lin.Operation(self.client, input, output, self.call, self.ret)
+
+
+#: planted bugs, for checking that the checks catch them
+BUGS = frozenset({"no-lease", "follower-read"})
 
 
 class Simulation:
@@ -127,7 +152,11 @@ class Simulation:
         timing: Timing = SIM_TIMING,
         keys: int = 3,
         check_every: int = 200,
+        bug: str = "",
     ) -> None:
+        if bug and bug not in BUGS:
+            raise ValueError(f"unknown planted bug {bug!r}")
+        self.bug = bug
         self.seed = seed
         self.rng = random.Random(seed)
         self.clock = SimClock()
@@ -141,8 +170,9 @@ class Simulation:
         self.committed: dict[int, tuple[int, bytes]] = {}
         self.acked: dict[int, tuple[int, bytes]] = {}
         self.ops: list[Op] = []
-        self._open: dict[int, tuple[int, str, str, int | None, float]] = {}
+        self._open: dict[int, tuple[int, str, str, int | None, int | None, int]] = {}
         self._handles = 0
+        self._events = 0
         self.keys = [f"k{i}" for i in range(keys)]
         self._values = 0
         self.events = 0
@@ -237,6 +267,7 @@ class Simulation:
 
     def _after_input(self, server: Server) -> None:
         self.events += 1
+        self._check_server(server)  # before a snapshot compacts what was just committed
         self._drain(server)
         self._check_server(server)
         if self.events % self.check_every == 0:
@@ -304,13 +335,17 @@ class Simulation:
         if out.index <= server.applied:
             raise self.fail(f"{server.name} applied {out.index} twice")
         command = msgpack.unpackb(out.command)
-        server.kv[command["k"]] = command["v"]
+        result = True
+        if "c" in command:  # compare-and-set
+            result = server.kv.get(command["k"]) == command["c"]
+        if result:
+            server.kv[command["k"]] = command["v"]
         server.applied = out.index
         p = server.pending.pop(out.index, None)
         if p is not None:
             if p.term == out.term:
                 self.acked[out.index] = (out.term, out.command)
-                self._ok(p.handle, None)
+                self._ok(p.handle, result)
             else:
                 self._info(p.handle)
         self._serve_reads(server)
@@ -364,19 +399,23 @@ class Simulation:
 
     # -- clients and history --------------------------------------------------------
 
-    def _invoke(self, client: int, kind: str, key: str, value: int | None) -> int:
+    def _invoke(
+        self, client: int, kind: str, key: str, value: int | None, expected: int | None = None
+    ) -> int:
         self._handles += 1
-        self._open[self._handles] = (client, kind, key, value, self.clock.seconds())
+        self._events += 1
+        self._open[self._handles] = (client, kind, key, value, expected, self._events)
         return self._handles
 
-    def _ok(self, handle: int, output: int | None) -> None:
-        client, kind, key, value, call = self._open.pop(handle)
-        self.ops.append(Op(client, kind, key, value, call, self.clock.seconds(), output))
+    def _ok(self, handle: int, output: int | bool | None) -> None:
+        client, kind, key, value, expected, call = self._open.pop(handle)
+        self._events += 1
+        self.ops.append(Op(client, kind, key, value, expected, call, self._events, output))
 
     def _info(self, handle: int) -> None:
         if handle in self._open:
-            client, kind, key, value, call = self._open.pop(handle)
-            self.ops.append(Op(client, kind, key, value, call, None, None))
+            client, kind, key, value, expected, call = self._open.pop(handle)
+            self.ops.append(Op(client, kind, key, value, expected, call, None, None))
 
     def _fail(self, handle: int) -> None:
         self._open.pop(handle, None)  # definitely did not happen
@@ -390,28 +429,43 @@ class Simulation:
         return max(live, key=lambda s: s.core.term)
 
     def client_step(self, client: int) -> None:
-        """One operation by one client, sent to a random live server."""
-        server = self.servers[self.rng.choice(self.names)]
+        """One operation by one client, sent to the leader it knows of or to any server."""
+        leader = self._leader()
+        if leader is not None and self.rng.random() < 0.7:
+            server = leader
+        else:
+            server = self.servers[self.rng.choice(self.names)]
         if not server.up or server.paused:
             return
         now = self.clock.seconds()
         key = self.rng.choice(self.keys)
         roll = self.rng.random()
         core = server.core
-        if roll < 0.5:
+        if roll < 0.55:
             self._values += 1
             value = self._values
-            command = msgpack.packb({"k": key, "v": value})
-            handle = self._invoke(client, "put", key, value)
+            if roll < 0.4:
+                handle = self._invoke(client, "put", key, value)
+                command = msgpack.packb({"k": key, "v": value})
+            else:
+                expected = server.kv.get(key) if self.rng.random() < 0.8 else None
+                handle = self._invoke(client, "cas", key, value, expected)
+                command = msgpack.packb({"k": key, "v": value, "c": expected})
             index = core.propose(now, command)
             if isinstance(index, NotLeader):
                 self._fail(handle)
             else:
                 server.pending[index] = Pending(handle, index, core.term, key, value)
             self._after_input(server)
-        elif roll < 0.75:
+        elif roll < 0.8:
             handle = self._invoke(client, "get", key, None)
-            if core.can_serve_default_read(now):
+            if self.bug == "follower-read":
+                ok = True
+            elif self.bug == "no-lease":
+                ok = core.role is Role.LEADER
+            else:
+                ok = core.can_serve_default_read(now)
+            if ok:
                 self.lease_reads += 1
                 self._ok(handle, server.kv.get(key))
             else:
@@ -444,6 +498,7 @@ class Simulation:
                     f"state machine safety: {server.name} committed {mine} at {index}, "
                     f"others {seen}"
                 )
+        server.checked = core.commit_index
 
     def _check_leader_completeness(self, server: Server) -> None:
         core = server.core
@@ -479,7 +534,7 @@ class Simulation:
 
     # -- schedules --------------------------------------------------------------------
 
-    def run(self, seconds: float = 20.0, clients: int = 4, rate: float = 20.0) -> None:
+    def run(self, seconds: float = 20.0, clients: int = 5, rate: float = 25.0) -> None:
         """Clients at ``rate`` ops/s in total, faults every second or so, then heal and settle."""
         rng = self.rng
         t = 0.5
@@ -570,6 +625,14 @@ class Simulation:
                 raise self.fail(f"state machines differ after settling: {name}")
         for handle in list(self._open):
             self._info(handle)
+
+    def check_linearizable(self, timeout: float = 10.0) -> None:
+        """Run the history through txconsul.testing.linearizability (ImportError if absent)."""
+        from txconsul.testing import linearizability as lin
+
+        result = lin.check(lin.KVModel(), [op.to_operation() for op in self.ops], timeout=timeout)
+        if result.verdict is lin.Verdict.NOT_LINEARIZABLE:
+            raise self.fail("history not linearizable:\n" + result.explain())
 
 
 def _entry_key(e: Entry) -> bytes:
