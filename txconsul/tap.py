@@ -10,6 +10,7 @@ before anything starts; ``makeService`` only wires the agent.
 
 from __future__ import annotations
 
+import resource
 import signal
 from typing import Any
 
@@ -133,12 +134,29 @@ class Options(usage.Options):
             raise usage.UsageError(str(e)) from e
 
 
+def raise_descriptor_limit() -> None:
+    """
+    Let the agent use as many file descriptors as the system allows.
+
+    Every blocking query, HTTP check and check script holds descriptors; the
+    usual soft limit of 1,024 is soon reached, and then the agent can accept
+    no more connections at all.
+    """
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or hard > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):
+        pass
+
+
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
     from txconsul.agent.agent import Agent
 
     assert options.config is not None
+    raise_descriptor_limit()
     agent = Agent(options.config, reactor, shutdown=reactor.stop)
     flags, files, dirs = options.flags(), options["config-file"], options["config-dir"]
     agent.reload_config = lambda: load(flags, files, dirs)
