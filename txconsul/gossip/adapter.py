@@ -195,7 +195,11 @@ class GossipNode:
         if self.core.stopped:
             self.disarm()
             return
-        delay = max(0.0, self.core.next_deadline() - self.monotonic())
+        deadline = self.core.next_deadline()
+        periodic = getattr(self.core.delegate, "next_deadline", None)
+        if periodic is not None:
+            deadline = min(deadline, periodic())  # serf's reaping and reconnecting
+        delay = max(0.0, deadline - self.monotonic())
         if self._timer is not None and self._timer.active():
             self._timer.reset(delay)
         else:
@@ -204,7 +208,18 @@ class GossipNode:
     def _fire(self) -> None:
         self._timer = None
         with self.log.failuresHandled("gossip timer"):
-            self.emit(self.core.tick(self.monotonic()))
+            now = self.monotonic()
+            outputs = self.core.tick(now)
+            periodic = getattr(self.core.delegate, "tick", None)
+            if periodic is not None and not self.core.stopped:
+                for address in periodic(now):
+                    self.reconnect(address)
+            self.emit(outputs)
+
+    def reconnect(self, address: Address) -> None:
+        """Try a failed member again: a joining push/pull with it."""
+        state = self.core.local_state(join=True)
+        self.exchange(address, state).addCallback(self._on_stream_reply, address)
 
     def disarm(self) -> None:
         if self._timer is not None and self._timer.active():
@@ -452,9 +467,9 @@ class GossipPool(Service):
         self.node.emit(self.node.core.leave(self._monotonic()))
 
     def flush(self) -> None:
-        """Re-arm after the delegate queued broadcasts outside a core call."""
+        """Send what the delegate queued outside a core call, and re-arm."""
         if self.node is not None:
-            self.node.arm()
+            self.node.emit(self.node.core.take_outputs())
 
     def members(self) -> list[Node]:
         return self.core.members() if self.node is not None else []

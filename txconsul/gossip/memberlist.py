@@ -348,6 +348,14 @@ class Memberlist:
         self.stopped = True
         self._timers.clear()
 
+    def queue_user(self, to: Address, payload: bytes) -> None:
+        """Send a delegate message straight to ``to`` with the next outputs."""
+        self._out.append(Packet(to, (User(payload),)))
+
+    def take_outputs(self) -> list[Output]:
+        """Outputs queued outside ``receive``/``tick`` (a delegate's direct sends)."""
+        return self._drain()
+
     def send_user(self, now: float, to: Address, payload: bytes) -> list[Output]:
         """Send one delegate message straight to an address (serf's direct sends)."""
         self._out.append(Packet(to, (User(payload),)))

@@ -9,21 +9,54 @@ appends what the application should see to ``events``.
 from __future__ import annotations
 
 import enum
+import math
+import random
+import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 
 from txconsul.gossip import wire
 from txconsul.gossip.broadcast import BroadcastQueue
 from txconsul.gossip.memberlist import Memberlist, Node
+from txconsul.gossip.messages import ip_text
 from txconsul.gossip.states import MemberState
 from txconsul.gossip.wire import MalformedPacket
 
-LEAVE, JOIN, PUSH_PULL, USER_EVENT, QUERY = 0, 1, 2, 3, 4
+LEAVE, JOIN, PUSH_PULL, USER_EVENT, QUERY, QUERY_RESPONSE = 0, 1, 2, 3, 4, 5
 TAG_MAGIC = 0xFF
 EVENT_BUFFER = 512
+QUERY_BUFFER = 512
 USER_EVENT_SIZE_LIMIT = 512
+QUERY_SIZE_LIMIT = 1024
+QUERY_RESPONSE_SIZE_LIMIT = 1024
+QUERY_FLAG_ACK = 1
+QUERY_FLAG_NO_BROADCAST = 2
+FILTER_NODE, FILTER_TAG = 0, 1
+INTERNAL_QUERY_PREFIX = "_serf_"
+
+
+@attrs.frozen
+class SerfConfig:
+    """serf's timers (spec section 8, serf defaults); seconds throughout."""
+
+    reap_interval: float = 15.0
+    reconnect_interval: float = 30.0
+    reconnect_timeout: float = 24 * 3600.0
+    tombstone_timeout: float = 24 * 3600.0
+    query_timeout_mult: int = 16
+    #: how often changed Lamport clocks are written to the snapshot
+    clock_save_interval: float = 0.5
+
+
+class SnapshotWriter(Protocol):
+    """Where serf records what a restart needs (``txconsul.gossip.snapshot``)."""
+
+    def alive(self, name: str, address: tuple[str, int]) -> None: ...
+    def not_alive(self, name: str) -> None: ...
+    def clocks(self, clock: int, event_clock: int, query_clock: int) -> None: ...
+    def leave(self) -> None: ...
 
 
 class MemberStatus(enum.IntEnum):
@@ -78,11 +111,13 @@ class Member:
     tags: dict[str, str]
     status: MemberStatus
     status_ltime: int = 0
+    #: when the member became failed or left (monotonic seconds)
+    leave_time: float = 0.0
 
 
 @attrs.frozen
 class MemberEvent:
-    """``kind`` is one of member-join, member-leave, member-failed, member-update."""
+    """``kind``: member-join, member-leave, member-failed, member-update, member-reap."""
 
     kind: str
     name: str
@@ -94,6 +129,33 @@ class UserEvent:
     name: str
     payload: bytes
     coalesce: bool = True
+
+
+@attrs.frozen
+class Query:
+    """A query for the application to answer with ``Serf.respond`` before ``deadline``."""
+
+    ltime: int
+    id: int
+    name: str
+    payload: bytes
+    source: str
+    address: tuple[str, int]
+    deadline: float
+
+
+@attrs.define
+class QueryHandle:
+    """A query this member sent: the acks and responses that came back in time."""
+
+    ltime: int
+    id: int
+    deadline: float
+    acks: set[str] = attrs.field(factory=set)
+    responses: dict[str, bytes] = attrs.field(factory=dict)
+
+    def open(self, now: float) -> bool:
+        return now <= self.deadline
 
 
 def _msg(kind: int, body: dict[str, Any]) -> bytes:
@@ -109,6 +171,13 @@ def _u64(body: Mapping[bytes, Any], key: bytes) -> int:
     return value
 
 
+def _list(body: Mapping[bytes, Any], key: bytes) -> list[Any]:
+    value = body.get(key) or []
+    if not isinstance(value, list):
+        raise MalformedPacket(f"{key.decode()} is not a list")
+    return value
+
+
 def _text(body: Mapping[bytes, Any], key: bytes) -> str:
     value = body.get(key) or b""
     if not isinstance(value, bytes):
@@ -117,6 +186,10 @@ def _text(body: Mapping[bytes, Any], key: bytes) -> str:
         return value.decode("utf-8")
     except UnicodeDecodeError as e:
         raise MalformedPacket(f"{key.decode()} is not UTF-8") from e
+
+
+def _log10_ceil(n: int) -> int:
+    return max(1, math.ceil(math.log10(n)))
 
 
 def user_event_message(ltime: int, name: str, payload: bytes, coalesce: bool = True) -> bytes:
@@ -131,14 +204,37 @@ class Serf:
     :param tags: published in node meta (at most 512 bytes encoded).
     """
 
-    def __init__(self, name: str, tags: Mapping[str, str], retransmit_mult: int = 4) -> None:
+    def __init__(
+        self,
+        name: str,
+        tags: Mapping[str, str],
+        retransmit_mult: int = 4,
+        *,
+        config: SerfConfig | None = None,
+        rng: random.Random | None = None,
+        snapshot: SnapshotWriter | None = None,
+    ) -> None:
         self.name = name
         self.tags = dict(tags)
+        self.config = config if config is not None else SerfConfig()
+        self.rng = rng if rng is not None else random.Random(name)
+        self.snapshot = snapshot
+        self._saved_clocks = (0, 0, 0)
+        self.event_min_time = 0
+        self.query_min_time = 0
+        self._seen_queries: dict[int, set[int]] = {}
+        self._queries: dict[tuple[int, int], QueryHandle] = {}
+        self._answered: set[tuple[int, int]] = set()
+        self._next_reap: float | None = None
+        self._next_reconnect: float | None = None
+        self._next_clock_save: float | None = None
         self.clock = LamportClock()
         self.event_clock = LamportClock()
         self.query_clock = LamportClock()
         self.members: dict[str, Member] = {}
         self.events: list[MemberEvent | UserEvent] = []
+        #: queries for the application to answer (``respond``), apart from events
+        self.queries: list[Query] = []
         self.broadcasts: BroadcastQueue[bytes] = BroadcastQueue(retransmit_mult)
         self._seen_events: dict[int, set[tuple[str, bytes]]] = {}
         self._intents: dict[str, tuple[int, int]] = {}  # name -> (kind, ltime)
@@ -172,6 +268,9 @@ class Serf:
             me.status = MemberStatus.LEAVING
             me.status_ltime = ltime
         self._broadcast(_msg(LEAVE, {"LTime": ltime, "Node": self.name, "Prune": False}))
+        if self.snapshot is not None:
+            self._save_clocks()
+            self.snapshot.leave()
 
     def user_event(self, name: str, payload: bytes, coalesce: bool = True) -> None:
         if len(name) + len(payload) > USER_EVENT_SIZE_LIMIT:
@@ -186,6 +285,235 @@ class Serf:
         self.tags = dict(tags)
         if self.memberlist is not None:
             self.memberlist.update_meta(now)
+
+    # --- timers: reaping, reconnecting, saving clocks ---------------------------------
+
+    def next_deadline(self) -> float:
+        """When ``tick`` should next run (the adapter arms one timer for both cores)."""
+        times = [self._next_reap, self._next_reconnect, self._next_clock_save]
+        return min((t for t in times if t is not None), default=0.0)
+
+    def tick(self, now: float) -> list[tuple[str, int]]:
+        """Run due periodic work; :return: addresses to try to rejoin (failed members)."""
+        cfg = self.config
+        if self._next_reap is None or self._next_reconnect is None:
+            self._next_reap = now + cfg.reap_interval
+            self._next_reconnect = now + cfg.reconnect_interval
+        if now >= self._next_reap:
+            self._next_reap = now + cfg.reap_interval
+            self.reap(now)
+        targets = []
+        if now >= self._next_reconnect:
+            self._next_reconnect = now + cfg.reconnect_interval
+            target = self.reconnect_target()
+            if target is not None:
+                targets.append(target)
+        if self.snapshot is not None:
+            if self._next_clock_save is None or now >= self._next_clock_save:
+                self._next_clock_save = now + cfg.clock_save_interval
+                self._save_clocks()
+        for key, handle in list(self._queries.items()):
+            if now > handle.deadline:
+                del self._queries[key]
+        return targets
+
+    def reap(self, now: float) -> None:
+        """Forget failed members after reconnect_timeout and left ones after tombstone_timeout."""
+        cfg = self.config
+        for member in list(self.members.values()):
+            if member.status == MemberStatus.FAILED:
+                limit = cfg.reconnect_timeout
+            elif member.status == MemberStatus.LEFT:
+                limit = cfg.tombstone_timeout
+            else:
+                continue
+            if member.name != self.name and now - member.leave_time > limit:
+                del self.members[member.name]
+                self.events.append(MemberEvent("member-reap", member.name))
+
+    def reconnect_target(self) -> tuple[str, int] | None:
+        """With probability failed/alive, a random failed member to try to join again."""
+        failed = [m for m in self.members.values() if m.status == MemberStatus.FAILED]
+        if not failed:
+            return None
+        alive = sum(1 for m in self.members.values() if m.status == MemberStatus.ALIVE)
+        if self.rng.random() >= len(failed) / max(alive, 1):
+            return None
+        return self.rng.choice(failed).address
+
+    def _save_clocks(self) -> None:
+        clocks = (self.clock.time(), self.event_clock.time(), self.query_clock.time())
+        if self.snapshot is not None and clocks != self._saved_clocks:
+            self._saved_clocks = clocks
+            self.snapshot.clocks(*clocks)
+
+    def restore(self, clock: int, event_clock: int, query_clock: int) -> None:
+        """Resume the clocks saved in a snapshot; older events and queries are ignored."""
+        self.clock.witness(clock)
+        self.event_clock.witness(event_clock)
+        self.query_clock.witness(query_clock)
+        self.event_min_time = event_clock + 1
+        self.query_min_time = query_clock + 1
+
+    # --- queries ---------------------------------------------------------------------
+
+    def query(
+        self,
+        now: float,
+        name: str,
+        payload: bytes,
+        timeout: float | None = None,
+        ack: bool = True,
+        nodes: list[str] | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> QueryHandle:
+        """
+        Send a query to the pool (``nodes`` and ``tags``, a regex per tag, filter
+        who answers); acks and responses collect in the handle until it closes.
+        """
+        assert self.memberlist is not None, "attach() first"
+        if timeout is None:
+            timeout = self.default_query_timeout()
+        filters: list[bytes] = []
+        if nodes is not None:
+            filters.append(bytes([FILTER_NODE]) + wire.pack(list(nodes)))
+        for tag, expr in sorted((tags or {}).items()):
+            filters.append(bytes([FILTER_TAG]) + wire.pack({"Expr": expr, "Tag": tag}))
+        me = self.memberlist.me
+        ltime = self.query_clock.time()
+        qid = self.rng.getrandbits(31)
+        body = {
+            "Addr": me.addr,
+            "Filters": filters or None,
+            "Flags": QUERY_FLAG_ACK if ack else 0,
+            "ID": qid,
+            "LTime": ltime,
+            "Name": name,
+            "Payload": payload,
+            "Port": me.port,
+            "RelayFactor": 0,
+            "SourceNode": self.name,
+            "Timeout": int(timeout * 1e9),
+        }
+        message = _msg(QUERY, body)
+        if len(message) > QUERY_SIZE_LIMIT:
+            raise ValueError("query exceeds the size limit")
+        handle = QueryHandle(ltime, qid, now + timeout)
+        self._queries[(ltime, qid)] = handle
+        self.notify_msg(now, message)  # we are a member too: witness, maybe answer
+        return handle
+
+    def default_query_timeout(self) -> float:
+        assert self.memberlist is not None
+        n = max(len(self.members), 1)
+        cfg = self.memberlist.config
+        return cfg.gossip_interval * self.config.query_timeout_mult * _log10_ceil(n + 1)
+
+    def respond(self, now: float, query: Query, payload: bytes) -> None:
+        """Answer ``query`` once, before its deadline."""
+        key = (query.ltime, query.id)
+        if now > query.deadline:
+            raise ValueError("the query has timed out")
+        if key in self._answered:
+            raise ValueError("the query was already answered")
+        message = self._response(query.ltime, query.id, 0, payload)
+        if len(message) > QUERY_RESPONSE_SIZE_LIMIT:
+            raise ValueError("response exceeds the size limit")
+        self._answered.add(key)
+        self._send_direct(now, query.address, message)
+
+    def _response(self, ltime: int, qid: int, flags: int, payload: bytes | None) -> bytes:
+        body = {"Flags": flags, "From": self.name, "ID": qid, "LTime": ltime, "Payload": payload}
+        return _msg(QUERY_RESPONSE, body)
+
+    def _send_direct(self, now: float, to: tuple[str, int], message: bytes) -> None:
+        if to == (self.memberlist.me.address if self.memberlist is not None else None):
+            self.notify_msg(now, message)
+        elif self.memberlist is not None:
+            self.memberlist.queue_user(to, message)
+
+    def _on_query(self, now: float, payload: bytes) -> None:
+        body = self._body(payload[1:])
+        ltime = _u64(body, b"LTime")
+        qid = _u64(body, b"ID")
+        self.query_clock.witness(ltime)
+        if ltime < self.query_min_time:
+            return
+        current = self.query_clock.time()
+        if current > QUERY_BUFFER and ltime < current - QUERY_BUFFER:
+            return
+        seen = self._seen_queries.setdefault(ltime, set())
+        if qid in seen:
+            return
+        seen.add(qid)
+        for old in [t for t in self._seen_queries if t < current - QUERY_BUFFER]:
+            del self._seen_queries[old]
+        flags = _u64(body, b"Flags")
+        if not flags & QUERY_FLAG_NO_BROADCAST:
+            self._broadcast(payload)
+        if not self._filters_match(body.get(b"Filters")):
+            return
+        addr = body.get(b"Addr")
+        port = _u64(body, b"Port")
+        if not isinstance(addr, bytes) or not 0 < port < 65536:
+            raise MalformedPacket("query without a return address")
+        address = (ip_text(addr), port)
+        name = _text(body, b"Name")
+        if flags & QUERY_FLAG_ACK:
+            self._send_direct(now, address, self._response(ltime, qid, QUERY_FLAG_ACK, None))
+        if name.startswith(INTERNAL_QUERY_PREFIX):
+            return  # _serf_ping and friends: the ack is the answer
+        data = body.get(b"Payload") or b""
+        if not isinstance(data, bytes):
+            raise MalformedPacket("Payload is not bytes")
+        timeout = _u64(body, b"Timeout") / 1e9
+        source = _text(body, b"SourceNode")
+        self.queries.append(Query(ltime, qid, name, data, source, address, now + timeout))
+
+    def _filters_match(self, filters: Any) -> bool:
+        if filters is None:
+            return True
+        if not isinstance(filters, list):
+            raise MalformedPacket("Filters is not a list")
+        for raw in filters:
+            if not isinstance(raw, bytes) or not raw:
+                raise MalformedPacket("a filter is not bytes")
+            value, _ = wire.unpack_one(raw, 1)
+            if raw[0] == FILTER_NODE:
+                if not isinstance(value, list):
+                    raise MalformedPacket("node filter is not a list")
+                if self.name.encode() not in value:
+                    return False
+            elif raw[0] == FILTER_TAG:
+                if not isinstance(value, dict):
+                    raise MalformedPacket("tag filter is not a map")
+                tag, expr = _text(value, b"Tag"), _text(value, b"Expr")
+                try:
+                    if re.search(expr, self.tags.get(tag, "")) is None:
+                        return False
+                except re.error:
+                    return False
+            else:
+                return False
+        return True
+
+    def _on_query_response(self, now: float, payload: bytes) -> None:
+        body = self._body(payload[1:])
+        handle = self._queries.get((_u64(body, b"LTime"), _u64(body, b"ID")))
+        if handle is None or not handle.open(now):
+            return
+        sender = _text(body, b"From")
+        if _u64(body, b"Flags") & QUERY_FLAG_ACK:
+            handle.acks.add(sender)
+            return
+        data = body.get(b"Payload") or b""
+        if not isinstance(data, bytes):
+            raise MalformedPacket("Payload is not bytes")
+        handle.responses.setdefault(sender, data)
+
+    def drain_queries(self) -> list[Query]:
+        queries, self.queries = self.queries, []
+        return queries
 
     def drain_events(self) -> list[MemberEvent | UserEvent]:
         events, self.events = self.events, []
@@ -214,8 +542,9 @@ class Serf:
             elif payload[0] in (JOIN, LEAVE):
                 self._on_intent(payload)
             elif payload[0] == QUERY:
-                body = self._body(payload[1:])
-                self.query_clock.witness(_u64(body, b"LTime"))
+                self._on_query(now, payload)
+            elif payload[0] == QUERY_RESPONSE:
+                self._on_query_response(now, payload)
         except MalformedPacket:
             return
 
@@ -267,6 +596,8 @@ class Serf:
         if not isinstance(payload, bytes):
             raise MalformedPacket("Payload is not bytes")
         self.event_clock.witness(ltime)
+        if ltime < self.event_min_time:
+            return
         current = self.event_clock.time()
         if current > EVENT_BUFFER and ltime < current - EVENT_BUFFER:
             return
@@ -311,7 +642,7 @@ class Serf:
                 if value > 0:
                     clock.witness(value - 1)
             statuses = body.get(b"StatusLTimes") or {}
-            left = {n for n in (body.get(b"LeftMembers") or []) if isinstance(n, bytes)}
+            left = {n for n in _list(body, b"LeftMembers") if isinstance(n, bytes)}
             if not isinstance(statuses, dict):
                 raise MalformedPacket("StatusLTimes is not a map")
             for raw_name, ltime in statuses.items():
@@ -322,11 +653,11 @@ class Serf:
                     self._apply_intent(LEAVE, name, ltime + 1)
                 else:
                     self._apply_intent(JOIN, name, ltime)
-            for entry in body.get(b"Events") or []:
+            for entry in _list(body, b"Events"):
                 if not isinstance(entry, dict):
                     continue
                 ltime = entry.get(b"LTime")
-                for event in entry.get(b"Events") or []:
+                for event in _list(entry, b"Events"):
                     if isinstance(event, dict) and isinstance(ltime, int):
                         inner = {
                             "LTime": ltime,
@@ -354,12 +685,17 @@ class Serf:
             member.address = node.address
             member.tags = decode_tags(node.meta)
             member.status_ltime = max(member.status_ltime, ltime)
+        if self.snapshot is not None and node.name != self.name:
+            self.snapshot.alive(node.name, node.address)
         self.events.append(MemberEvent("member-join", node.name))
 
     def notify_leave(self, now: float, node: Node) -> None:
         member = self.members.get(node.name)
         if member is None:
             return
+        member.leave_time = now
+        if self.snapshot is not None and node.name != self.name:
+            self.snapshot.not_alive(node.name)
         if member.status == MemberStatus.LEAVING or node.state == MemberState.LEFT:
             member.status = MemberStatus.LEFT
             self.events.append(MemberEvent("member-leave", node.name))

@@ -1,0 +1,271 @@
+"""
+serf's queries, reaping, reconnecting and snapshot (txconsul.gossip.serf and
+txconsul.gossip.snapshot), on pure cores wired together in memory, plus a
+hypothesis property: well-formed but wrong serf messages never raise and
+leave the member table consistent.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from txconsul.gossip import snapshot
+from txconsul.gossip.memberlist import GossipConfig, Memberlist, Packet
+from txconsul.gossip.messages import DEFAULT_VSN, Alive, Dead, User, ip_bytes
+from txconsul.gossip.serf import (
+    MemberEvent,
+    MemberStatus,
+    Serf,
+    SerfConfig,
+    encode_tags,
+)
+from txconsul.gossip.wire import pack
+
+SHORT = SerfConfig(
+    reap_interval=1.0, reconnect_interval=2.0, reconnect_timeout=10.0, tombstone_timeout=20.0
+)
+
+
+class Pool:
+    """A few serf members on a perfect in-memory network, ticked together."""
+
+    def __init__(self, names: list[str], config: SerfConfig = SHORT) -> None:
+        self.now = 0.0
+        self.serfs: dict[str, Serf] = {}
+        self.cores: dict[str, Memberlist] = {}
+        self.by_address: dict[tuple[str, int], str] = {}
+        for i, name in enumerate(names):
+            address = (f"10.0.0.{i + 1}", 8301)
+            serf = Serf(
+                name, {"role": "web" if i % 2 else "db"}, config=config, rng=random.Random(i)
+            )
+            core = Memberlist(name, address, GossipConfig.lan(), random.Random(i), 0.0, serf)
+            serf.attach(core)
+            self.serfs[name], self.cores[name] = serf, core
+            self.by_address[address] = name
+        for core in self.cores.values():
+            for other in self.cores.values():
+                me = other.me
+                core.on_alive(0.0, Alive(1, me.name, me.addr, me.port, me.meta, DEFAULT_VSN))
+            core.take_outputs()
+        self.down: set[str] = set()
+        self.reconnects: list[tuple[str, tuple[str, int]]] = []
+
+    def deliver(self, sender: str, outputs: list[object]) -> None:
+        for out in outputs:
+            if not isinstance(out, Packet):
+                continue
+            to = self.by_address[out.to]
+            if to in self.down or sender in self.down:
+                continue
+            self.deliver(
+                to,
+                [
+                    o
+                    for m in out.messages
+                    for o in self.cores[to].receive(self.now, self.cores[sender].me.address, m)
+                ],
+            )
+
+    def run(self, seconds: float) -> None:
+        end = self.now + seconds
+        while self.now < end:
+            self.now += 0.05
+            for name, core in self.cores.items():
+                if name in self.down:
+                    continue
+                self.deliver(name, core.tick(self.now) + core.take_outputs())
+                for address in self.serfs[name].tick(self.now):
+                    self.reconnects.append((name, address))
+
+
+class QueryTests(SynchronousTestCase):
+    def test_query_gets_an_ack_and_a_response_from_every_member(self) -> None:
+        pool = Pool(["a", "b", "c"])
+        handle = pool.serfs["a"].query(pool.now, "ping-app", b"hi", timeout=5.0)
+        pool.run(1.0)
+        self.assertEqual(handle.acks, {"a", "b", "c"})
+        for name in ("b", "c"):
+            [query] = pool.serfs[name].drain_queries()
+            self.assertEqual((query.name, query.payload, query.source), ("ping-app", b"hi", "a"))
+            pool.serfs[name].respond(pool.now, query, f"pong-{name}".encode())
+            self.assertRaises(ValueError, pool.serfs[name].respond, pool.now, query, b"again")
+            pool.deliver(name, pool.cores[name].take_outputs())
+        self.assertEqual(handle.responses, {"b": b"pong-b", "c": b"pong-c"})
+        self.assertEqual(pool.serfs["b"].drain_queries(), [])  # delivered once
+
+    def test_filters_pick_who_answers(self) -> None:
+        pool = Pool(["a", "b", "c", "d"])
+        by_tag = pool.serfs["a"].query(pool.now, "q1", b"", timeout=5.0, tags={"role": "^we"})
+        by_name = pool.serfs["a"].query(pool.now, "q2", b"", timeout=5.0, nodes=["c", "d"])
+        pool.run(1.0)
+        self.assertEqual(by_tag.acks, {"b", "d"})
+        self.assertEqual(by_name.acks, {"c", "d"})
+
+    def test_late_responses_are_ignored_and_late_answers_refused(self) -> None:
+        pool = Pool(["a", "b"])
+        handle = pool.serfs["a"].query(pool.now, "slow", b"", timeout=0.5)
+        pool.run(1.0)
+        [query] = pool.serfs["b"].drain_queries()
+        self.assertRaises(ValueError, pool.serfs["b"].respond, pool.now, query, b"late")
+        self.assertEqual(handle.responses, {})
+
+    def test_internal_queries_are_acked_not_delivered(self) -> None:
+        pool = Pool(["a", "b"])
+        handle = pool.serfs["a"].query(pool.now, "_serf_ping", b"", timeout=5.0)
+        pool.run(1.0)
+        self.assertEqual(handle.acks, {"a", "b"})
+        self.assertEqual(pool.serfs["b"].drain_queries(), [])
+
+
+class ReapAndReconnectTests(SynchronousTestCase):
+    def test_failed_member_is_retried_then_reaped(self) -> None:
+        pool = Pool(["a", "b", "c"])
+        pool.down.add("c")
+        pool.cores["c"].stop()
+        pool.run(30.0)
+        serf = pool.serfs["a"]
+        events = serf.drain_events()
+        self.assertIn(MemberEvent("member-failed", "c"), events)
+        self.assertIn(("a", ("10.0.0.3", 8301)), pool.reconnects)
+        self.assertIn(MemberEvent("member-reap", "c"), events)
+        self.assertNotIn("c", serf.members)
+
+    def test_left_member_is_kept_until_the_tombstone_timeout(self) -> None:
+        pool = Pool(["a", "b"])
+        serf = pool.serfs["a"]
+        pool.cores["a"].on_dead(pool.now, Dead(1, "b", "b"))
+        self.assertEqual(serf.members["b"].status, MemberStatus.LEFT)
+        pool.down.add("b")
+        pool.run(15.0)
+        self.assertIn("b", serf.members)
+        pool.run(10.0)
+        self.assertNotIn("b", serf.members)
+        self.assertNotIn(("a", ("10.0.0.2", 8301)), pool.reconnects)  # left: no retry
+
+
+class SnapshotTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.dir = tempfile.mkdtemp()
+        self.path = os.path.join(self.dir, "serf", "local.snapshot")
+
+    def test_restart_rejoins_the_members_that_were_alive(self) -> None:
+        writer = snapshot.SnapshotFile(self.path)
+        self.addCleanup(writer.close)
+        pool = Pool(["a", "b", "c"])
+        serf = pool.serfs["a"]
+        serf.snapshot = writer
+        for name in ("b", "c"):
+            serf.notify_join(0.0, pool.cores["a"].nodes[name])
+        serf.user_event("deploy", b"v1")
+        pool.cores["a"].on_dead(1.0, Dead(1, "c", "b"))
+        serf.tick(2.0)
+        state = snapshot.load(self.path)
+        self.assertEqual(state.alive, {"b": ("10.0.0.2", 8301)})
+        self.assertEqual(state.rejoin(), [("10.0.0.2", 8301)])
+        self.assertEqual(state.event_clock, serf.event_clock.time())
+        restarted = Serf("a", {})
+        restarted.restore(state.clock, state.event_clock, state.query_clock)
+        self.assertGreater(restarted.event_clock.time(), state.event_clock)
+        old = bytes([3]) + pack({"CC": False, "LTime": 1, "Name": "deploy", "Payload": b"v1"})
+        restarted.notify_msg(0.0, old)
+        self.assertEqual(restarted.drain_events(), [])  # seen before the restart
+
+    def test_after_a_leave_nothing_is_rejoined(self) -> None:
+        writer = snapshot.SnapshotFile(self.path)
+        writer.alive("b", ("10.0.0.2", 8301))
+        writer.leave()
+        writer.close()
+        self.assertEqual(snapshot.load(self.path).rejoin(), [])
+        self.assertEqual(snapshot.load(self.path).rejoin(after_leave=True), [])
+
+    def test_compaction_keeps_the_state(self) -> None:
+        writer = snapshot.SnapshotFile(self.path, compact_at=2048)
+        for i in range(200):
+            writer.alive(f"node-{i}", ("10.0.1.1", 8301 + i))
+            if i % 2:
+                writer.not_alive(f"node-{i}")
+            writer.clocks(i + 1, 1, 1)
+        writer.close()
+        with open(self.path) as f:
+            lines = f.read().splitlines()
+        self.assertLess(len(lines), 250)  # 500 records were appended
+        state = snapshot.load(self.path)
+        self.assertEqual(len(state.alive), 100)
+        self.assertEqual(state.clock, 200)
+
+    def test_garbage_lines_are_skipped(self) -> None:
+        state = snapshot.parse(
+            "alive: x\nclock: many\n# note\ncoordinate: 1 2\nalive: b 10.0.0.2:8301\n"
+        )
+        self.assertEqual(state.alive, {"b": ("10.0.0.2", 8301)})
+        self.assertEqual(state.clock, 0)
+
+
+names = st.sampled_from(["a", "b", "c", "zz", ""])
+values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**64 - 1),
+    st.binary(max_size=8),
+    st.lists(st.binary(max_size=4), max_size=3),
+    st.dictionaries(st.binary(max_size=3), st.integers(0, 2**64 - 1), max_size=2),
+)
+fields = st.sampled_from(
+    [
+        b"LTime",
+        b"Node",
+        b"Prune",
+        b"Name",
+        b"Payload",
+        b"ID",
+        b"Addr",
+        b"Port",
+        b"Flags",
+        b"Filters",
+        b"Timeout",
+        b"From",
+        b"SourceNode",
+        b"CC",
+        b"StatusLTimes",
+        b"LeftMembers",
+        b"Events",
+        b"EventLTime",
+        b"QueryLTime",
+    ]
+)
+
+
+@st.composite
+def serf_messages(draw: st.DrawFn) -> bytes:
+    kind = draw(st.integers(0, 10))
+    body = draw(st.dictionaries(fields, st.one_of(values, names.map(str.encode)), max_size=8))
+    return bytes([kind]) + pack(body)
+
+
+class WrongMessageTests(SynchronousTestCase):
+    @settings(max_examples=150, deadline=None)
+    @given(st.lists(serf_messages(), max_size=12))
+    def test_wrong_serf_messages_never_raise_and_keep_members_consistent(
+        self, messages: list[bytes]
+    ) -> None:
+        pool = Pool(["a", "b"])
+        core, serf = pool.cores["a"], pool.serfs["a"]
+        for i, message in enumerate(messages):
+            core.receive(float(i), ("10.0.0.9", 8301), User(message))
+            serf.merge_remote_state(float(i), message, join=bool(i % 2))
+            serf.tick(float(i))
+        core.receive(
+            20.0, ("10.0.0.3", 8301), Alive(1, "x", ip_bytes("10.0.0.3"), 8301, encode_tags({}))
+        )
+        self.assertEqual(serf.members["a"].status, MemberStatus.ALIVE)
+        for name, member in serf.members.items():
+            self.assertIn(name, core.nodes)
+            self.assertIsInstance(member.status, MemberStatus)
+        self.assertEqual(serf.members["x"].status, MemberStatus.ALIVE)
