@@ -102,6 +102,8 @@ class Faults:
     crashes: bool = True
     partitions: bool = True
     pauses: bool = True
+    membership: bool = True
+    transfers: bool = True
     wire: bool = False  # encode every message (slower; exercises the codec)
 
 
@@ -577,13 +579,40 @@ class Simulation:
             if leader is not None:
                 self.crash(leader.name)
                 self.clock.callLater(rng.uniform(0.05, 3.0), self.restart, leader.name)
-        elif roll < 0.88 and f.pauses:
+        elif roll < 0.86 and f.pauses:
             victim = rng.choice(names)
             self.trace.append(f"{self.clock.seconds():.3f} pause {victim}")
             self.pause(victim)
             self.clock.callLater(rng.uniform(0.5, 2.5), self.resume, victim)
+        elif roll < 0.91 and f.membership:
+            self.change_membership()
+        elif roll < 0.95 and f.transfers:
+            leader = self._leader()
+            if leader is not None:
+                self.trace.append(f"{self.clock.seconds():.3f} transfer from {leader.name}")
+                leader.core.transfer_leadership(self.clock.seconds())
+                self._after_input(leader)
         else:
             self.heal()
+
+    def change_membership(self) -> bool:
+        """Remove a voter (perhaps the leader) from a full cluster, or add one back."""
+        leader = self._leader()
+        if leader is None:
+            return False
+        config = set(leader.core.config)
+        if len(config) == len(self.names):
+            victim = self.rng.choice(sorted(config))
+            new = config - {victim}
+        else:
+            new = config | {self.rng.choice(sorted(set(self.names) - config))}
+        try:
+            result = leader.core.change_config(self.clock.seconds(), new)
+        except ValueError:
+            return False
+        self.trace.append(f"{self.clock.seconds():.3f} config {sorted(new)}: {result}")
+        self._after_input(leader)
+        return True
 
     def _restore_loss(self) -> None:
         self.loss = self.faults.loss
@@ -600,6 +629,9 @@ class Simulation:
             self.clock.advance(0.5)
             leader = self._leader()
             if leader is None:
+                continue
+            if len(leader.core.config) < len(self.names):
+                self.change_membership()
                 continue
             # let a fresh write commit, so everything before it is committed everywhere
             if (
