@@ -16,7 +16,7 @@ import random
 from typing import TYPE_CHECKING, Any
 
 import attrs
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore, succeed
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
@@ -27,7 +27,7 @@ from txconsul.agent.definitions import (
     parse_service,
 )
 from txconsul.checks.http import HTTPChecker
-from txconsul.checks.runner import RUNNABLE, CheckRunner
+from txconsul.checks.runner import MAX_CONCURRENT_RUNS, RUNNABLE, CheckRunner
 from txconsul.checks.status import CheckResult
 from txconsul.errors import BadRequest, NotFound
 
@@ -90,6 +90,7 @@ class LocalState:
         self._reactor = reactor
         self._rng = rng if rng is not None else random.Random()
         self._http: HTTPChecker | None = None
+        self._run_limit = DeferredSemaphore(MAX_CONCURRENT_RUNS)
         self.services: dict[str, ServiceDefinition] = {}
         self.checks: dict[str, CheckState] = {}
         # What came from config files (reload replaces it), and the bodies of
@@ -217,6 +218,7 @@ class LocalState:
                 lambda result: self._ran(cid, state, result),
                 self._rng,
                 self._http_checker(),
+                self._run_limit,
             )
             state.runner.start()
         elif check.kind == "script":

@@ -13,7 +13,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred, ensureDeferred, succeed
+from twisted.internet.defer import Deferred, DeferredSemaphore, ensureDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
@@ -24,6 +24,9 @@ from txconsul.checks.status import CRITICAL, CheckResult
 from txconsul.checks.tcp import check_tcp
 
 RUNNABLE = frozenset({"script", "http", "tcp"})
+
+# Check runs under way at once on one agent; more wait their turn.
+MAX_CONCURRENT_RUNS = 256
 
 
 class CheckRunner:
@@ -38,8 +41,15 @@ class CheckRunner:
         report: Callable[[CheckResult], Any],
         rng: random.Random,
         http: HTTPChecker,
+        limit: DeferredSemaphore | None = None,
     ) -> None:
+        """
+        :param limit: shared by all the agent's runners, it bounds how many
+            runs are under way at once, so that thousands of checks falling
+            due together cannot starve the reactor (and the HTTP API with it).
+        """
         self._reactor = reactor
+        self._limit = limit
         self.definition = definition
         self._report = report
         self._rng = rng
@@ -81,7 +91,10 @@ class CheckRunner:
         self._timer = None
         started = self._reactor.seconds()
         self.runs += 1
-        self._running = d = self._execute()
+        if self._limit is not None:
+            self._running = d = self._limit.run(self._execute)
+        else:
+            self._running = d = self._execute()
 
         def finished(result: CheckResult) -> None:
             self._running = None

@@ -64,3 +64,43 @@ class RunnerTests(TestCase):
         runs = runner.runs
         yield deferLater(reactor, 1.5, lambda: None)
         self.assertEqual(runner.runs, runs)
+
+
+class RunLimitTests(TestCase):
+    """Runs beyond the shared limit wait their turn instead of piling up."""
+
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def test_no_more_than_the_limit_run_at_once(self) -> Any:
+        import random
+
+        from twisted.internet.defer import DeferredSemaphore
+
+        from txconsul.checks.http import HTTPChecker
+        from txconsul.checks.runner import CheckRunner
+
+        limit = DeferredSemaphore(2)
+        results: list[Any] = []
+        runners = [
+            CheckRunner(
+                reactor,
+                parse_check(
+                    {"name": f"s{i}", "args": ["/bin/sh", "-c", "sleep 0.3"], "interval": "30s"}
+                ),
+                results.append,
+                random.Random(i),
+                HTTPChecker(reactor),
+                limit,
+            )
+            for i in range(5)
+        ]
+        for r in runners:
+            r._run()
+        self.addCleanup(lambda: [r.stop() for r in runners])
+        running = 2 - limit.tokens
+        self.assertEqual((running, len(limit.waiting)), (2, 3))
+        while len(results) < 5:
+            self.assertLessEqual(2 - limit.tokens, 2)
+            yield deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual({r.status for r in results}, {"passing"})
