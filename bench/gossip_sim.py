@@ -146,35 +146,19 @@ def lifeguard(
     # the same slow episodes with Lifeguard on and off
     episodes = random.Random(seed * 1000 + slow)
     slow_names = [f"node-{i}" for i in range(1, slow + 1)]
-    ends = dict.fromkeys(slow_names, 0.0)
-
-    def step() -> None:
-        now = cluster.clock.seconds()
-        for name in slow_names:
-            if ends[name] and now >= ends[name]:
-                cluster.members[name].slow(0)
-                ends[name] = 0.0
-            if not ends[name] and episodes.random() < 0.1:
-                cluster.members[name].slow(episodes.uniform(*delays))
-                ends[name] = now + episodes.uniform(5, 20)
-        cluster.run(0.5)
-
-    end = cluster.clock.seconds() + minutes * 60
-    while cluster.clock.seconds() < end:
-        step()
+    cluster.run_with_slow_members(minutes * 60, slow_names, episodes, delays)
     wrong = cluster.false_positives()
-    healthy_fp = sum(1 for d in wrong if d.subject not in ends)
+    healthy_fp = sum(1 for d in wrong if d.subject not in slow_names)
     victims = [f"node-{n - 1 - i}" for i in range(5)]
     killed_at = cluster.clock.seconds()
     for name in victims:
         cluster.kill(name)
-    for _ in range(120):
-        step()
+    cluster.run_with_slow_members(60, slow_names, episodes, delays)
     lat = [
         t - killed_at
         for v in victims
         for observer, t in cluster.detections(v).items()
-        if observer not in ends
+        if observer not in slow_names
     ]
     return LifeguardResult(healthy_fp, len(wrong) - healthy_fp, statistics.median(lat))
 

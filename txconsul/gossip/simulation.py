@@ -272,6 +272,7 @@ class SimCluster:
         self.crashed: set[str] = set()
         #: (time, member, event LTime) of each first receipt of a user event
         self.deliveries: list[tuple[float, str, int]] = []
+        self._episode_ends: dict[str, float] = {}
         self.n = n
         if bootstrap:
             self._bootstrap(n)
@@ -311,6 +312,36 @@ class SimCluster:
         member = self.members[origin]
         member.delegate.fire(self.clock.seconds(), ltime, name, payload)
         member.emit([])
+
+    def run_with_slow_members(
+        self,
+        seconds: float,
+        slow: list[str],
+        episodes: random.Random,
+        delays: tuple[float, float] = (0.5, 10.0),
+        lengths: tuple[float, float] = (5.0, 20.0),
+        start_probability: float = 0.1,
+        step: float = 0.5,
+    ) -> None:
+        """
+        Run while the ``slow`` members have episodes of a starved CPU: every
+        ``step`` an idle one starts an episode with ``start_probability``, lasting
+        a uniform draw from ``lengths``, during which its inbox is handled a
+        uniform draw from ``delays`` late. ``episodes`` decides them alone, so
+        the same seed gives the same episodes whatever the cores do.
+        """
+        ends = self._episode_ends
+        end = self.clock.seconds() + seconds
+        while self.clock.seconds() < end:
+            now = self.clock.seconds()
+            for name in slow:
+                if ends.get(name) and now >= ends[name]:
+                    self.members[name].slow(0)
+                    ends[name] = 0.0
+                if not ends.get(name) and episodes.random() < start_probability:
+                    self.members[name].slow(episodes.uniform(*delays))
+                    ends[name] = now + episodes.uniform(*lengths)
+            self.clock.advance(min(step, end - now))
 
     def run(self, seconds: float) -> None:
         self.clock.advance(seconds)

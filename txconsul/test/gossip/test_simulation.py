@@ -6,8 +6,12 @@ on the heap clock and the in-memory network. Each test runs a fixed seed plus
 
 from __future__ import annotations
 
+import random
+
+import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
+from txconsul.gossip.memberlist import GossipConfig
 from txconsul.gossip.simulation import SimCluster, seed_from_env
 from txconsul.testing.simclock import SimClock
 
@@ -92,3 +96,46 @@ class ClusterTests(SynchronousTestCase):
         first = history(self.seed)
         self.assertTrue(first, replay(self.seed))
         self.assertEqual(first, history(self.seed), replay(self.seed))
+
+
+class LifeguardTests(SynchronousTestCase):
+    """Lifeguard's experiment in small (bench/gossip_sim.py lifeguard runs it in full)."""
+
+    seed = seed_from_env(11)
+
+    def false_positives(self, lifeguard: bool) -> int:
+        config = GossipConfig.lan()
+        if not lifeguard:
+            config = attrs.evolve(config, awareness=False, dynamic_suspicion=False)
+        cluster = SimCluster(self.seed, 40, config=config, bootstrap=True)
+        slow = ["node-1", "node-2"]
+        episodes = random.Random(self.seed)
+        cluster.run_with_slow_members(90, slow, episodes, delays=(4.0, 12.0))
+        return sum(1 for d in cluster.false_positives() if d.subject not in slow)
+
+    def test_slow_members_kill_healthy_ones_only_without_lifeguard(self) -> None:
+        self.assertGreater(self.false_positives(lifeguard=False), 0, replay(self.seed))
+        self.assertEqual(self.false_positives(lifeguard=True), 0, replay(self.seed))
+
+    def test_slow_member_keeps_probing_on_time(self) -> None:
+        cluster = SimCluster(self.seed, 10, bootstrap=True)
+        member = cluster.members["node-1"]
+        member.slow(30.0)
+        sent = cluster.net.packets_sent.get(member.address, 0)
+        cluster.run(5)
+        self.assertGreater(cluster.net.packets_sent[member.address] - sent, 3, replay(self.seed))
+
+
+class ScaleTests(SynchronousTestCase):
+    seed = seed_from_env(5)
+
+    def test_user_event_reaches_a_thousand_members_within_a_second_at_p99(self) -> None:
+        cluster = SimCluster(self.seed, 1000, bootstrap=True)
+        cluster.run(2)
+        fired = cluster.clock.seconds()
+        cluster.fire_event("node-0", 1, "deploy", b"v1")
+        cluster.run(2)
+        latencies = sorted(t - fired for t, _, _ in cluster.deliveries)
+        self.assertEqual(len(latencies), 1000, replay(self.seed))
+        self.assertLess(latencies[int(0.99 * len(latencies))], 1.0, replay(self.seed))
+        self.assertEqual(cluster.false_positives(), [], replay(self.seed))
