@@ -28,6 +28,11 @@ FIVE_SERVER_SEEDS = 200
 SECONDS = 15.0
 
 
+QUIET = Faults(
+    loss=0.0, crashes=False, partitions=False, pauses=False, membership=False, transfers=False
+)
+
+
 def fresh_seed() -> int:
     return random.SystemRandom().randrange(1 << 31)
 
@@ -61,7 +66,7 @@ class SimulationTests(SynchronousTestCase):
         self.assertEqual(a.committed, b.committed)
 
     def test_acknowledged_writes_happen_without_faults(self) -> None:
-        sim = Simulation(7, faults=Faults(loss=0.0, crashes=False, partitions=False, pauses=False))
+        sim = Simulation(7, faults=QUIET)
         sim.run(10.0)
         self.assertEqual(len(sim.leaders), 1)
         puts = [op for op in sim.ops if op.kind == "put"]
@@ -69,7 +74,7 @@ class SimulationTests(SynchronousTestCase):
         self.assertEqual([op for op in puts if op.ret is None], [])
 
     def test_a_leader_is_elected_and_survives_a_crash(self) -> None:
-        sim = Simulation(3, faults=Faults(loss=0.0, crashes=False, partitions=False, pauses=False))
+        sim = Simulation(3, faults=QUIET)
         sim.clock.advance(3.0)
         leader = sim._leader()
         assert leader is not None
