@@ -130,6 +130,27 @@ class SQLiteLogStoreTests(Contract, SynchronousTestCase):
         restored = self.reopen(store).load()
         self.assertEqual(restored.entries, tuple(E[:3]))
 
+    def test_torn_last_transaction_is_dropped(self) -> None:
+        store = self.make()
+        store.store_entries(1, tuple(E[:2]))
+        store.sync()
+        store.store_entries(3, tuple(E[2:]))
+        store.sync()
+        # copy the files as a crash mid-write would leave them: the WAL cut short
+        crashed = self.mktemp()
+        os.makedirs(crashed)
+        for suffix in ("", "-wal"):
+            with open(store.path + suffix, "rb") as f:
+                data = f.read()
+            if suffix == "-wal":
+                self.assertGreater(len(data), 100)
+                data = data[:-100]
+            with open(os.path.join(crashed, "raft.db" + suffix), "wb") as f:
+                f.write(data)
+        again = SQLiteLogStore(crashed)
+        self.addCleanup(again.close)
+        self.assertEqual(again.load().entries, tuple(E[:2]))
+
     def test_corrupt_stable_record_refuses_to_start(self) -> None:
         store = self.make()
         store.set_state(5, "a")

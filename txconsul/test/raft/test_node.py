@@ -161,6 +161,21 @@ class NodeTests(SynchronousTestCase):
         self.run_for(1.0)
         self.failureResultOf(d, LeadershipLost)
 
+    def test_wall_clock_jump_causes_no_election(self) -> None:
+        self.run_for(3.0)
+        leader = self.leader()
+        term = leader.core.term
+        # the reactor's clock (wall time) leaps an hour; the monotonic clock does not
+        monotonic_now = self.clock.seconds()
+        for node in self.net.nodes.values():
+            node._monotonic = lambda base=monotonic_now, start=self.clock.seconds() + 3600: (
+                base + self.clock.seconds() - start
+            )
+        self.clock.advance(3600)
+        self.run_for(3.0)
+        self.assertIs(self.leader(), leader)
+        self.assertEqual({n.core.term for n in self.net.nodes.values()}, {term})
+
     def test_garbage_is_dropped_and_counted(self) -> None:
         node = self.net.nodes[NAMES[0]]
         node.receive(NAMES[1], b"\xc1\x00garbage")
