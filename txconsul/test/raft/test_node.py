@@ -166,11 +166,13 @@ class NodeTests(SynchronousTestCase):
         leader = self.leader()
         term = leader.core.term
         # the reactor's clock (wall time) leaps an hour; the monotonic clock does not
-        monotonic_now = self.clock.seconds()
+        base, start = self.clock.seconds(), self.clock.seconds() + 3600
+
+        def monotonic() -> float:
+            return base + max(self.clock.seconds() - start, 0.0)
+
         for node in self.net.nodes.values():
-            node._monotonic = lambda base=monotonic_now, start=self.clock.seconds() + 3600: (
-                base + self.clock.seconds() - start
-            )
+            node._monotonic = monotonic
         self.clock.advance(3600)
         self.run_for(3.0)
         self.assertIs(self.leader(), leader)
