@@ -103,6 +103,7 @@ class Faults:
     partitions: bool = True
     pauses: bool = True
     membership: bool = True
+    drift: float = 0.0  # each server's clock runs at a rate in [1 - drift, 1 + drift]
     transfers: bool = True
     wire: bool = False  # encode every message (slower; exercises the codec)
 
@@ -165,6 +166,10 @@ class Simulation:
         self.faults = faults or Faults()
         self.timing = timing
         self.names = [f"s{i}" for i in range(size)]
+        drift = self.faults.drift
+        self.rates = {
+            n: 1.0 + (self.rng.uniform(-drift, drift) if drift else 0.0) for n in self.names
+        }
         self.servers: dict[str, Server] = {}
         self.cut: set[tuple[str, str]] = set()
         self.loss = self.faults.loss
@@ -189,8 +194,12 @@ class Simulation:
 
     # -- servers --------------------------------------------------------------------
 
+    def now(self, name: str) -> float:
+        """Server ``name``'s monotonic clock, which may run fast or slow (clock drift)."""
+        return self.clock.seconds() * self.rates[name]
+
     def _boot(self, name: str, store: MemoryLogStore) -> None:
-        now = self.clock.seconds()
+        now = self.now(name)
         restored = store.load()
         core = RaftCore(
             name, self.names, now, random.Random(self.rng.random()), self.timing, restored
@@ -236,9 +245,9 @@ class Simulation:
         held, server.held = server.held, []
         if server.up:
             for src, msg in held:
-                server.core.receive(self.clock.seconds(), src, msg)
+                server.core.receive(self.now(name), src, msg)
                 self._after_input(server)
-            self._input(server, lambda: server.core.tick(self.clock.seconds()))
+            self._input(server, lambda: server.core.tick(self.now(name)))
 
     def _arm(self, server: Server) -> None:
         deadline = server.core.next_deadline()
@@ -248,7 +257,7 @@ class Simulation:
             server.timer.cancel()
         server.timer_at = deadline
         if deadline < INFINITY:
-            delay = max(deadline - self.clock.seconds(), 0.0)
+            delay = max((deadline - self.now(server.name)) / self.rates[server.name], 0.0)
             server.timer = self.clock.callLater(delay, self._fire, server)
         else:
             server.timer = None
@@ -259,7 +268,7 @@ class Simulation:
         if server.paused:
             # a paused process runs its timers late, when it resumes
             return
-        self._input(server, lambda: server.core.tick(self.clock.seconds()))
+        self._input(server, lambda: server.core.tick(self.now(server.name)))
 
     def _input(self, server: Server, step: Callable[[], object]) -> None:
         if not server.up:
@@ -299,7 +308,7 @@ class Simulation:
             store.sync()
 
     def _effect(self, server: Server, out: Output) -> None:
-        now = self.clock.seconds()
+        now = self.now(server.name)
         if isinstance(out, Send):
             self._send(server.name, out.to, out.message)
         elif isinstance(out, Apply):
@@ -380,7 +389,7 @@ class Simulation:
         if server.paused:
             server.held.append((src, msg))
             return
-        self._input(server, lambda: server.core.receive(self.clock.seconds(), src, msg))
+        self._input(server, lambda: server.core.receive(self.now(dst), src, msg))
 
     def partition(self, side: list[str]) -> None:
         other = [n for n in self.names if n not in side]
@@ -439,7 +448,7 @@ class Simulation:
             server = self.servers[self.rng.choice(self.names)]
         if not server.up or server.paused:
             return
-        now = self.clock.seconds()
+        now = self.now(server.name)
         key = self.rng.choice(self.keys)
         roll = self.rng.random()
         core = server.core
@@ -590,7 +599,7 @@ class Simulation:
             leader = self._leader()
             if leader is not None:
                 self.trace.append(f"{self.clock.seconds():.3f} transfer from {leader.name}")
-                leader.core.transfer_leadership(self.clock.seconds())
+                leader.core.transfer_leadership(self.now(leader.name))
                 self._after_input(leader)
         else:
             self.heal()
@@ -607,7 +616,7 @@ class Simulation:
         else:
             new = config | {self.rng.choice(sorted(set(self.names) - config))}
         try:
-            result = leader.core.change_config(self.clock.seconds(), new)
+            result = leader.core.change_config(self.now(leader.name), new)
         except ValueError:
             return False
         self.trace.append(f"{self.clock.seconds():.3f} config {sorted(new)}: {result}")

@@ -54,6 +54,10 @@ class SimulationTests(SynchronousTestCase):
     def test_five_servers_stay_safe_under_faults(self) -> None:
         self.run_seeds(list(range(5000, 5000 + FIVE_SERVER_SEEDS)) + [fresh_seed()], 5)
 
+    def test_clocks_drifting_within_the_lease_margin(self) -> None:
+        # the lease (0.8 s) against the election timeout (1 s) leaves room for +-10 % rates
+        self.run_seeds(list(range(7000, 7100)), 3, faults=Faults(drift=0.1))
+
     def test_messages_through_the_codec(self) -> None:
         self.run_seeds(list(range(9000, 9010)), 3, faults=Faults(wire=True))
 
