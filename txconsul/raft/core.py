@@ -929,6 +929,10 @@ class RaftCore:
 
     # -- views ----------------------------------------------------------------------
 
+    def leading_with_current_commit(self) -> bool:
+        """Leader, and an entry of our term is committed, so our commit index is current."""
+        return self.role is Role.LEADER and self.commit_index >= self._term_start
+
     @property
     def last_leader_contact(self) -> float:
         """When we last heard a leader (our own start counts as hearing one)."""

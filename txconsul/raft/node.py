@@ -103,6 +103,7 @@ class RaftNode(Service):
         self._flush_call: IDelayedCall | None = None
         self._waiting: dict[int, tuple[int, Deferred[Any]]] = {}
         self._reads: dict[int, Deferred[int]] = {}
+        self._leader_waiters: list[Deferred[None]] = []
         self.halted = False
         self.dropped = 0
 
@@ -139,6 +140,8 @@ class RaftNode(Service):
     def _fail_all(self, error: Exception) -> None:
         waiting = [d for _, d in self._waiting.values()] + [d for _, d in self._queued]
         waiting += list(self._reads.values())
+        waiting += self._leader_waiters
+        self._leader_waiters = []
         self._waiting.clear()
         self._queued.clear()
         self._reads.clear()
@@ -214,6 +217,18 @@ class RaftNode(Service):
         self._drain()
         return d
 
+    def when_leader(self) -> Deferred[None]:
+        """
+        Fires once this server leads with a committed entry of its term (its state
+        is then current: the start-up barrier before serving reads). A lone
+        ``--dev`` server gets there in its first reactor turn.
+        """
+        if self.core is not None and self.core.leading_with_current_commit():
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._leader_waiters.append(d)
+        return d
+
     def transfer_leadership(self, target: str = "") -> bool:
         """Hand leadership over (graceful leave); False if there is nobody to take it."""
         if self.halted or self.core is None:
@@ -260,6 +275,10 @@ class RaftNode(Service):
         except StoreFailed as e:
             self._halt(e)
             return
+        if self._leader_waiters and core.leading_with_current_commit():
+            waiters, self._leader_waiters = self._leader_waiters, []
+            for d in waiters:
+                d.callback(None)
         self._arm()
 
     def _effect(self, core: RaftCore, out: Output) -> None:

@@ -92,6 +92,16 @@ class NodeTests(SynchronousTestCase):
         self.assertEqual(len(leaders), 1)
         return leaders[0]
 
+    def test_when_leader_fires_once_the_noop_commits(self) -> None:
+        ds = [node.when_leader() for node in self.net.nodes.values()]
+        self.run_for(3.0)
+        leader = self.leader()
+        fired = [node for node, d in zip(self.net.nodes.values(), ds, strict=True) if d.called]
+        self.assertEqual(fired, [leader])
+        self.successResultOf(leader.when_leader())
+        for d in ds:
+            d.addErrback(lambda f: f.trap(LeadershipLost))  # the others fail when stopped
+
     def test_provides_iconsensus(self) -> None:
         self.assertTrue(verifyObject(IConsensus, self.net.nodes[NAMES[0]]))
 
@@ -208,6 +218,7 @@ class RestartTests(SynchronousTestCase):
             return node
 
         node = make()
+        self.successResultOf(node.when_leader())
         self.assertTrue(node.is_leader())
         for i in range(10):
             d = node.apply(put(f"k{i}", b"%d" % i))
