@@ -97,7 +97,11 @@ class RunLimitTests(TestCase):
         ]
         for r in runners:
             r._run()
-        self.addCleanup(lambda: [r.stop() for r in runners])
+        def stop_all() -> None:
+            for r in runners:
+                r.stop()
+
+        self.addCleanup(stop_all)
         running = 2 - limit.tokens
         self.assertEqual((running, len(limit.waiting)), (2, 3))
         while len(results) < 5:
