@@ -10,7 +10,8 @@ time and replays exactly from its seed; wall times are indicative only.
 ``scale`` starts a converged pool (``SimCluster(bootstrap=True)``) at LAN
 defaults with 5% packet loss, measures bytes per node per second over a quiet
 minute, fires five user events from one node, kills one node, and counts
-false positives over the whole run. ``lifeguard`` is Lifeguard's experiment:
+false positives over the whole run. The dissemination constant lambda is the slowest
+receipt in gossip periods (0.2 s) over log10(n + 1). ``lifeguard`` is Lifeguard's experiment:
 100 members, some of them slow (their inbox is handled seconds late while
 their timers fire on time), with awareness and dynamic suspicion off and on.
 """
@@ -18,6 +19,7 @@ their timers fire on time), with awareness and dynamic suspicion off and on.
 from __future__ import annotations
 
 import argparse
+import math
 import random
 import statistics
 import time
@@ -118,6 +120,7 @@ def run_scale(args: argparse.Namespace) -> None:
             f"udp={flat[n]:.0f} B/node/s "
             f"push-pull={med(r.stream_bytes for r in results):.0f} B/node/s "
             f"event p99={med(r.event_p99 for r in results):.3f} s (target <= 1 s) "
+            f"lambda={med(r.event_max for r in results) / 0.2 / math.log10(n + 1):.2f} "
             f"detected by all={all(r.detected_by == r.should_detect for r in results)} "
             f"detect median={med(r.detect_median for r in results):.1f} s "
             f"false positives={sum(r.false_positives for r in results)} (target 0)",

@@ -171,6 +171,7 @@ class Delegate(Protocol):
     def notify_join(self, now: float, node: Node) -> None: ...
     def notify_leave(self, now: float, node: Node) -> None: ...
     def notify_update(self, now: float, node: Node) -> None: ...
+    def ack_payload(self) -> bytes | None: ...
 
 
 class NullDelegate:
@@ -199,6 +200,9 @@ class NullDelegate:
 
     def notify_update(self, now: float, node: Node) -> None:
         pass
+
+    def ack_payload(self) -> bytes | None:
+        return None
 
 
 @attrs.define
@@ -580,7 +584,8 @@ class Memberlist:
                 to = (ip_text(ping.source_addr), ping.source_port)
             except MalformedPacket:
                 return
-        self._send(to, [Ack(ping.seq_no)], self.nodes.get(ping.source_node))
+        ack = Ack(ping.seq_no, self.delegate.ack_payload())
+        self._send(to, [ack], self.nodes.get(ping.source_node))
 
     def _on_indirect_ping(self, now: float, source: Address, request: IndirectPing) -> None:
         requester = source

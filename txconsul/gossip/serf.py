@@ -37,6 +37,12 @@ FILTER_NODE, FILTER_TAG = 0, 1
 INTERNAL_QUERY_PREFIX = "_serf_"
 
 
+#: ping payload version 1 + serf's coordinate of a node that has measured nothing yet
+FRESH_COORDINATE = b"\x01" + wire.pack(
+    {"Adjustment": 0.0, "Error": 1.5, "Height": 1e-05, "Vec": [0.0] * 8}
+)
+
+
 @attrs.frozen
 class SerfConfig:
     """serf's timers (spec section 8, serf defaults); seconds throughout."""
@@ -702,6 +708,14 @@ class Serf:
         else:
             member.status = MemberStatus.FAILED
             self.events.append(MemberEvent("member-failed", node.name))
+
+    def ack_payload(self) -> bytes | None:
+        """What serf puts in direct acks: ping payload version 1 and a coordinate.
+
+        txconsul keeps no Vivaldi coordinate yet, so it sends the one a fresh
+        serf node sends (spec 9.10); serf peers treat us as a new node.
+        """
+        return FRESH_COORDINATE
 
     def notify_update(self, now: float, node: Node) -> None:
         member = self.members.get(node.name)

@@ -17,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from txconsul.gossip import snapshot
 from txconsul.gossip.memberlist import GossipConfig, Memberlist, Packet
-from txconsul.gossip.messages import DEFAULT_VSN, Alive, Dead, User, ip_bytes
+from txconsul.gossip.messages import DEFAULT_VSN, Ack, Alive, Dead, Ping, User, ip_bytes
 from txconsul.gossip.serf import (
     MemberEvent,
     MemberStatus,
@@ -25,7 +25,7 @@ from txconsul.gossip.serf import (
     SerfConfig,
     encode_tags,
 )
-from txconsul.gossip.wire import pack
+from txconsul.gossip.wire import pack, unpack_one
 
 SHORT = SerfConfig(
     reap_interval=1.0, reconnect_interval=2.0, reconnect_timeout=10.0, tombstone_timeout=20.0
@@ -269,3 +269,19 @@ class WrongMessageTests(SynchronousTestCase):
             self.assertIn(name, core.nodes)
             self.assertIsInstance(member.status, MemberStatus)
         self.assertEqual(serf.members["x"].status, MemberStatus.ALIVE)
+
+
+class AckPayloadTests(SynchronousTestCase):
+    def test_direct_acks_carry_a_fresh_serf_coordinate(self) -> None:
+        pool = Pool(["a", "b"])
+        core = pool.cores["a"]
+        [packet] = core.receive(
+            0.0, ("10.0.0.2", 8301), Ping(7, "a", ip_bytes("10.0.0.2"), 8301, "b")
+        )
+        assert isinstance(packet, Packet)
+        ack = packet.messages[0]
+        assert isinstance(ack, Ack) and ack.payload is not None
+        self.assertEqual((ack.seq_no, len(ack.payload), ack.payload[0]), (7, 130, 1))
+        coordinate, _ = unpack_one(ack.payload, 1)
+        self.assertEqual(coordinate[b"Vec"], [0.0] * 8)
+        self.assertEqual(coordinate[b"Error"], 1.5)
