@@ -123,10 +123,26 @@ class Node:
     def pmax(self) -> int:
         return self.vsn[1] if len(self.vsn) > 1 else 0
 
+    #: the last ``to_push`` record, reused while nothing it holds has changed
+    push_cache: PushNodeState | None = attrs.field(default=None, init=False, eq=False, repr=False)
+
     def to_push(self) -> PushNodeState:
-        return PushNodeState(
+        c = self.push_cache
+        if (
+            c is not None
+            and c.incarnation == self.incarnation
+            and c.state == self.state
+            and c.addr is self.addr
+            and c.port == self.port
+            and c.meta is self.meta
+            and c.vsn is self.vsn
+        ):
+            return c
+        c = PushNodeState(
             self.name, self.addr, self.port, self.meta, self.incarnation, int(self.state), self.vsn
         )
+        self.push_cache = c
+        return c
 
 
 # outputs
