@@ -29,6 +29,7 @@ from txconsul.agent.listeners import TCPListener
 from txconsul.agent.local import LocalState
 from txconsul.agent.membership import Membership
 from txconsul.agent.reconcile import Reconciler
+from txconsul.agent.servers import ServerConsensus, Servers
 from txconsul.config import AgentConfig
 from txconsul.dns.server import DNSService
 from txconsul.errors import ConfigError, TxConsulError
@@ -120,13 +121,23 @@ class Agent(MultiService):
         self.node_id = config.node_id
         self.store = StateStore()
         self.fsm = FSM(self.store)
-        self.consensus = SingleNodeLog(self.fsm, config.rpc_address)
+        self.consensus: SingleNodeLog | ServerConsensus = SingleNodeLog(
+            self.fsm, config.rpc_address
+        )
         self.local = LocalState(self, reactor, self.rng)
+        # a server with bootstrap_expect runs Raft (the others keep the one-server
+        # log for now); it binds port 8300 before the pools tag it
+        self.servers: Servers | None = None
+        if config.server and not config.dev and config.bootstrap_expect:
+            self.servers = Servers(self, reactor, time.monotonic, self.rng)
+            self.servers.setName("servers")
+            self.servers.setServiceParent(self)
+            self.consensus = self.servers.consensus
         self.membership = Membership(self, time.monotonic, self.rng)
         self.membership.setName("gossip")
         self.membership.setServiceParent(self)
         if config.server:
-            self.membership.subscribe(Reconciler(self))
+            self.membership.subscribe(self.servers.reconciler if self.servers else Reconciler(self))
         self.http_api = HTTPApi(self, clock, self.rng)
         self.site = APISite(self.http_api.resource())
         self.http = TCPListener(tcp, self.site, config.ports["http"], config.client_addr)
@@ -187,9 +198,16 @@ class Agent(MultiService):
     def startService(self) -> None:
         self.node_id = self.node_id or self._load_node_id()
         super().startService()
-        d = self._register_self()
-        d.addCallback(lambda _: self.local.load(self.config.services, self.config.checks))
-        d.addCallback(lambda _: self.membership.start_joins())
+        servers = self.servers
+        if servers is not None:  # joins first: the leader is found through them
+            d = self.membership.start_joins()
+            d.addCallback(lambda _: servers.when_leader())
+            d.addCallback(lambda _: self._register_self())
+            d.addCallback(lambda _: self.local.load(self.config.services, self.config.checks))
+        else:
+            d = self._register_self()
+            d.addCallback(lambda _: self.local.load(self.config.services, self.config.checks))
+            d.addCallback(lambda _: self.membership.start_joins())
         d.addCallback(lambda _: self._became_ready())
 
         def failed(f: Any) -> None:

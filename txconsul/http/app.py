@@ -198,9 +198,9 @@ class HTTPApi:
         self.fast_routes: dict[bytes, dict[bytes, Callable[[IRequest, str], Any]]] = {}
         self._install_errors()
         from txconsul.http import agent as agent_routes
-        from txconsul.http import catalog, gossip, health, kv, status, txn
+        from txconsul.http import catalog, gossip, health, kv, operator, status, txn
 
-        for family in (kv, txn, catalog, health, agent_routes, status, gossip):
+        for family in (kv, txn, catalog, health, agent_routes, status, gossip, operator):
             family.install(self.app, self)
 
     def resource(self) -> Any:

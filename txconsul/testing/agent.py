@@ -41,16 +41,28 @@ def start_agent(
 
     :return: a Deferred that fires with the agent once it is ready.
     """
-    config = load(dev_config(**flags), files, dirs)
-    agent = Agent(config, reactor, random.Random(1))
-    agent.startService()
-    testcase.addCleanup(lambda: agent.stopService() if agent.running else None)
+    agent = make_agent(testcase, reactor, files, dirs, **flags)
 
     async def ready() -> Agent:
         await agent.when_ready()
         return agent
 
     return ensureDeferred(ready())
+
+
+def make_agent(
+    testcase: Any,
+    reactor: Any,
+    files: tuple[str, ...] = (),
+    dirs: tuple[str, ...] = (),
+    **flags: Any,
+) -> Agent:
+    """Start an agent for ``testcase`` without waiting for it to be ready (a cluster's members)."""
+    config = load(dev_config(**flags), files, dirs)
+    agent = Agent(config, reactor, random.Random(1))
+    agent.startService()
+    testcase.addCleanup(lambda: agent.stopService() if agent.running else None)
+    return agent
 
 
 def http_address(agent: Agent) -> str:

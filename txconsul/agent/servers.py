@@ -1,0 +1,387 @@
+# -*- test-case-name: txconsul.test.agent.test_cluster -*-
+"""
+A server agent's part of the cluster: port 8300, Raft, and the voter list.
+
+``Servers`` binds the RPC listener (so that port 0 works, the agent's config
+is updated with the bound port before the gossip pools publish it), plugs the
+Raft transport into it, and starts the ``RaftNode`` once it knows the first
+configuration:
+
+- ``--bootstrap-expect N``: once N alive servers of this datacenter are in the
+  LAN pool and none of them is in a cluster yet, all start with the same
+  sorted voter list;
+- a server that finds another already in a cluster starts with no voters and
+  waits for the leader to add it.
+
+The leader then keeps the voters in step with the pool, one change at a time:
+alive servers are added, servers that left are removed. ``ServerConsensus``
+is the agent's ``IConsensus``: writes on a follower are forwarded to the
+leader (RPC ``Raft.Apply``); reads answer from the local store, which may be
+stale on a follower.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from txconsul.agent.reconcile import Reconciler
+from txconsul.errors import BadRequest, NoLeader, NotFound, TxConsulError
+from txconsul.gossip.serf import MemberEvent, MemberStatus
+from txconsul.interfaces import IConsensus
+from txconsul.raft.core import NotLeader, Role
+from txconsul.raft.logstore import ILogStore, MemoryLogStore, SQLiteLogStore
+from txconsul.raft.node import RaftNode
+from txconsul.raft.transport import RaftTransport
+from txconsul.rpc.forward import Forwarder
+from txconsul.rpc.listener import RPCListener
+from txconsul.rpc.protocol import Dispatcher, RPCClient
+
+if TYPE_CHECKING:
+    from txconsul.agent.agent import Agent
+
+#: how often the bootstrap check and the leader's voter reconciliation run
+TICK = 0.2
+#: the timeout of one RPC between servers
+RPC_TIMEOUT = 5.0
+
+
+@attrs.frozen
+class ServerInfo:
+    """A server of this datacenter as the LAN pool knows it."""
+
+    name: str
+    id: str
+    address: str
+    status: MemberStatus
+
+
+class ClusterReconciler(Reconciler):
+    """The LAN reconciliation of a Raft server: a write lost with leadership is no error."""
+
+    def _apply(self, command: dict[str, Any], name: str) -> None:
+        d: Deferred[Any] = self._agent.consensus.apply(command)
+
+        def failed(f: Failure) -> None:
+            if f.check(NoLeader, NotLeader):
+                self.log.info(
+                    "catalog update for member {name} dropped: {why}", name=name, why=f.value
+                )
+            else:
+                self.log.failure("catalog update for member {name} failed", f, name=name)
+
+        d.addErrback(failed)
+
+
+@implementer(IConsensus)
+class ServerConsensus:
+    """The agent's consensus on a server: the Raft node, writes forwarded to the leader."""
+
+    def __init__(self, servers: Servers) -> None:
+        self._servers = servers
+
+    @property
+    def node(self) -> RaftNode | None:
+        return self._servers.node
+
+    def apply(self, command: dict[str, Any]) -> Deferred[Any]:
+        node = self.node
+        if node is not None and node.core is not None and node.core.role is Role.LEADER:
+            return node.apply(command)
+        return self._servers.forwarder.forward("Raft.Apply", command)
+
+    def is_leader(self) -> bool:
+        node = self.node
+        return node is not None and node.is_leader()
+
+    def leader_address(self) -> str:
+        node = self.node
+        return "" if node is None else node.leader_address()
+
+    def peers(self) -> list[str]:
+        node = self.node
+        return [] if node is None else node.peers()
+
+    def last_contact(self) -> float:
+        node = self.node
+        return 0.0 if node is None else node.last_contact()
+
+
+class Servers(MultiService):
+    """The RPC listener, the Raft transport and node of one server agent."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        agent: Agent,
+        reactor: Any,
+        monotonic: Callable[[], float],
+        rng: random.Random,
+    ) -> None:
+        super().__init__()
+        self._agent = agent
+        self._reactor = reactor
+        self._monotonic = monotonic
+        self._rng = rng
+        c = agent.config
+        self.dispatcher = Dispatcher()
+        self.dispatcher.register("Raft.Apply", self._rpc_apply)
+        self.dispatcher.register("Status.Peers", lambda body: self.consensus.peers())
+        self.dispatcher.register("Status.Leader", lambda body: self.consensus.leader_address())
+        self.dispatcher.register("Operator.RaftRemovePeerByAddress", self._rpc_remove_peer)
+        self.listener = RPCListener(
+            reactor, self.dispatcher, portno=c.ports["server"], interface=c.bind_addr
+        )
+        self.listener.setServiceParent(self)
+        self.client = RPCClient(reactor, reactor)
+        self.forwarder = Forwarder(
+            lambda address, method, body: self.client.call(address, method, body, RPC_TIMEOUT),
+            reactor,
+            random.Random(rng.random()),
+            c.datacenter,
+            lambda dc: [s.address for s in self.servers() if s.status == MemberStatus.ALIVE],
+            leader=lambda: self.consensus.leader_address(),
+        )
+        self.consensus = ServerConsensus(self)
+        self.reconciler = ClusterReconciler(agent)
+        self.transport: RaftTransport | None = None
+        self.node: RaftNode | None = None
+        self._loop: LoopingCall | None = None
+        self._deciding = False
+        self._was_leader = False
+
+    # -- life cycle -----------------------------------------------------------------
+
+    @property
+    def me(self) -> str:
+        return self._agent.config.rpc_address
+
+    def startService(self) -> None:
+        super().startService()  # binds the listener
+        agent = self._agent
+        _, port = self.listener.address()
+        agent.config = attrs.evolve(agent.config, ports={**agent.config.ports, "server": port})
+        self.transport = RaftTransport(self._reactor, self._reactor, self.me)
+        self.transport.startService()
+        self.listener.set_raft_handler(self.transport.handle_inbound)
+        if agent.config.dev:
+            self._start_node([self.me])
+        self._loop = LoopingCall(self._tick)
+        self._loop.clock = self._reactor
+        self._loop.start(TICK, now=False).addErrback(
+            lambda f: self.log.failure("server loop stopped", f)
+        )
+
+    def stopService(self) -> Deferred[Any]:
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+        d: Deferred[Any] = super().stopService()  # the node (if started), then the listener
+        transport = self.transport
+        if transport is not None:
+            d.addCallback(lambda _: transport.stopService())
+        d.addCallback(lambda _: self.client.close())
+        return d
+
+    def _store(self) -> ILogStore:
+        c = self._agent.config
+        if c.dev or c.data_dir is None:
+            return MemoryLogStore()
+        return SQLiteLogStore(f"{c.data_dir}/raft")
+
+    def _start_node(self, voters: list[str]) -> None:
+        assert self.transport is not None
+        self.log.info("raft starting at {me} with voters {voters}", me=self.me, voters=voters)
+        node = RaftNode(
+            self.me,
+            voters,
+            self._agent.fsm,
+            self._store(),
+            self.transport,
+            self._reactor,
+            self._monotonic,
+            random.Random(self._rng.random()),
+        )
+        self.transport.receive = node.receive
+        self.node = node
+        # a service added to a running parent starts at once; stopping goes in
+        # reverse order, so the node stops before the listener
+        self.addService(node)
+
+    def when_leader(self) -> Deferred[None]:
+        """Fires once the cluster has a leader (serving its term) that this server knows of."""
+        if self._has_leader():
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+
+        def check() -> None:
+            if self._has_leader():
+                poll.stop()
+                d.callback(None)
+
+        poll = LoopingCall(check)
+        poll.clock = self._reactor
+        poll.start(0.05, now=False).addErrback(d.errback)
+        return d
+
+    def _has_leader(self) -> bool:
+        node = self.node
+        if node is None or node.core is None or node.halted:
+            return False
+        leader = node.leader_address()
+        if leader == self.me:
+            return node.core.leading_with_current_commit()
+        return bool(leader)
+
+    # -- the pool's servers -----------------------------------------------------------
+
+    def servers(self) -> list[ServerInfo]:
+        """The servers of this datacenter in the LAN pool, in any status."""
+        pool = self._agent.membership.lan
+        if pool is None:
+            return []
+        dc = self._agent.config.datacenter
+        out = []
+        for member in pool.serf.members.values():
+            tags = member.tags
+            port = tags.get("port", "")
+            if tags.get("role") != "consul" or tags.get("dc", dc) != dc or not port.isdigit():
+                continue
+            address = f"{member.address[0]}:{port}"
+            out.append(ServerInfo(member.name, tags.get("id", ""), address, member.status))
+        return out
+
+    def _tick(self) -> None:
+        node = self.node
+        if node is None:
+            if not self._deciding:
+                self._deciding = True
+                d = ensureDeferred(self._decide())
+                d.addErrback(lambda f: self.log.failure("raft bootstrap check failed", f))
+                d.addBoth(lambda _: setattr(self, "_deciding", False))
+            return
+        leading = node.core is not None and node.core.leading_with_current_commit()
+        if leading and not self._was_leader:
+            self._reconcile_all()
+        self._was_leader = leading
+        if leading:
+            self._manage_voters(node)
+
+    async def _decide(self) -> None:
+        """Start Raft once the first configuration is known (see the module docstring)."""
+        servers = {s.address for s in self.servers() if s.status == MemberStatus.ALIVE}
+        servers.add(self.me)
+        for address in sorted(servers - {self.me}):
+            try:
+                peers = await self.client.call(address, "Status.Peers", None, 1.0)
+            except TxConsulError:
+                continue
+            if peers and self.node is None and self.running:
+                if isinstance(peers, list) and self.me in peers:
+                    # it bootstrapped first with this server among its voters
+                    self._start_node(sorted(str(p) for p in peers))
+                    return
+                self.log.info("{address} is in a cluster already: joining it", address=address)
+                self._start_node([])
+                return
+        expect = self._agent.config.bootstrap_expect
+        if expect and len(servers) >= expect and self.node is None and self.running:
+            self._start_node(sorted(servers))
+
+    def _manage_voters(self, node: RaftNode) -> None:
+        """Add one alive server that is not a voter, or remove one that left."""
+        config = set(node.peers())
+        servers = self.servers()
+        alive = {s.address for s in servers if s.status == MemberStatus.ALIVE}
+        left = {s.address for s in servers if s.status == MemberStatus.LEFT} - alive
+        change: set[str] | None = None
+        for address in sorted(alive - config):
+            change = config | {address}
+            break
+        else:
+            for address in sorted((config & left) - {self.me}):
+                change = config - {address}
+                break
+        if change is None:
+            return
+        try:
+            node.change_config(sorted(change))
+        except (ValueError, NotLeader, NoLeader):
+            return  # one change at a time: the next tick retries
+        self.log.info("raft voters becoming {voters}", voters=sorted(change))
+
+    def _reconcile_all(self) -> None:
+        """A new leader brings the catalog in step with every LAN member."""
+        pool = self._agent.membership.lan
+        if pool is None:
+            return
+        reconciler = self.reconciler
+        for name in list(pool.serf.members):
+            reconciler.reconcile(pool, MemberEvent("member-update", name))
+
+    # -- RPC and operator -------------------------------------------------------------
+
+    def _rpc_apply(self, body: Any) -> Deferred[Any]:
+        node = self.node
+        if not isinstance(body, dict):
+            return fail(BadRequest("Raft.Apply takes a command map"))
+        if node is None:
+            return fail(NoLeader("No cluster leader"))
+        return node.apply(body)
+
+    def configuration(self) -> dict[str, Any]:
+        """``/v1/operator/raft/configuration``."""
+        node = self.node
+        if node is None or node.core is None:
+            return {"Servers": [], "Index": 0}
+        known = {s.address: s for s in self.servers()}
+        leader = node.leader_address()
+        out = []
+        for address in sorted(node.peers()):
+            info = known.get(address)
+            out.append(
+                {
+                    "ID": info.id if info else address,
+                    "Node": info.name if info else "(unknown)",
+                    "Address": address,
+                    "Leader": address == leader,
+                    "Voter": True,
+                    "ProtocolVersion": "3",
+                }
+            )
+        return {"Servers": out, "Index": node.core.config_index}
+
+    def remove_peer(self, address: str) -> Deferred[Any]:
+        """Remove a voter by its address, on the leader (forwarded there from a follower)."""
+        node = self.node
+        if node is not None and node.core is not None and node.core.role is Role.LEADER:
+            return self._rpc_remove_peer({"Address": address})
+        return self.forwarder.forward("Operator.RaftRemovePeerByAddress", {"Address": address})
+
+    def _rpc_remove_peer(self, body: Any) -> Deferred[Any]:
+        node = self.node
+        address = body.get("Address") if isinstance(body, dict) else None
+        if not isinstance(address, str) or not address:
+            return fail(BadRequest("Must specify ?address with IP:port of peer to remove"))
+        if node is None:
+            return fail(NoLeader("No cluster leader"))
+        config = node.peers()
+        if address not in config:
+            return fail(NotFound(f"address {address!r} was not found in the Raft configuration"))
+        try:
+            node.change_config([p for p in config if p != address])
+        except ValueError as e:
+            return fail(TxConsulError(str(e)))
+        except TxConsulError as e:
+            return fail(e)
+        return succeed(None)

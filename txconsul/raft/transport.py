@@ -1,0 +1,180 @@
+# -*- test-case-name: txconsul.test.raft.test_transport -*-
+"""
+Raft's transport over port 8300: ``RaftConnection``s of ``txconsul.rpc``.
+
+Each server keeps one outbound connection per peer and sends on it only;
+replies come back on the peer's own outbound connection. The first frame of
+an outbound connection is a hello naming the sender's server address, so the
+inbound side can tell ``receive(src, payload)`` who spoke. While a peer is
+unreachable its messages are dropped (Raft retries them), and a new
+connection is tried at most once per ``retry_interval``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
+from twisted.internet.interfaces import IReactorTCP, IReactorTime, IStreamClientEndpoint
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from txconsul.errors import BadRequest
+from txconsul.raft.node import IRaftTransport
+from txconsul.rpc.framing import MalformedFrame, pack, unpack
+from txconsul.rpc.protocol import RaftConnection, parse_address
+
+#: ``receive(src, payload)``: one Raft message from server ``src``
+Receiver = Callable[[str, bytes], None]
+
+
+def hello(me: str) -> bytes:
+    """The first frame of an outbound connection."""
+    return pack({"Hello": me})
+
+
+def parse_hello(payload: bytes) -> str:
+    value = unpack(payload)
+    if not isinstance(value, dict) or not isinstance(value.get("Hello"), str):
+        raise MalformedFrame("the first raft frame does not name its sender")
+    src: str = value["Hello"]
+    if not src:
+        raise MalformedFrame("the first raft frame names an empty sender")
+    return src
+
+
+@implementer(IRaftTransport)
+class RaftTransport(Service):
+    """
+    :param me: this server's address (``ip:port``), sent in each hello.
+    :param receive: where inbound messages go (``RaftNode.receive``); may be
+        set later through the ``receive`` attribute.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: IReactorTCP,
+        clock: IReactorTime,
+        me: str,
+        receive: Receiver | None = None,
+        retry_interval: float = 0.5,
+        connect_timeout: float = 2.0,
+    ) -> None:
+        self._reactor = reactor
+        self._clock = clock
+        self.me = me
+        self.receive: Receiver | None = receive
+        self.retry_interval = retry_interval
+        self.connect_timeout = connect_timeout
+        self._out: dict[str, RaftConnection] = {}
+        self._connecting: dict[str, Deferred[RaftConnection]] = {}
+        self._next_try: dict[str, float] = {}
+        self._inbound: set[RaftConnection] = set()
+        self.stats: Counter[str] = Counter()
+
+    # -- outbound -------------------------------------------------------------------
+
+    def send(self, to: str, data: bytes) -> None:
+        connection = self._out.get(to)
+        if connection is not None and not connection.closed:
+            connection.send(data)
+            self.stats["sent"] += 1
+            return
+        self.stats["dropped"] += 1
+        if self.running:
+            self._connect(to)
+
+    def _endpoint(self, to: str) -> IStreamClientEndpoint:
+        host, port = parse_address(to)
+        if ":" in host:
+            return TCP6ClientEndpoint(self._reactor, host, port, timeout=self.connect_timeout)
+        return TCP4ClientEndpoint(self._reactor, host, port, timeout=self.connect_timeout)
+
+    def _connect(self, to: str) -> None:
+        now = self._clock.seconds()
+        if to in self._connecting or now < self._next_try.get(to, 0.0):
+            return
+        self._next_try[to] = now + self.retry_interval
+        try:
+            endpoint = self._endpoint(to)
+        except BadRequest as e:
+            self.log.warn("no raft connection to {to}: {error}", to=to, error=str(e))
+            return
+        connection = RaftConnection(outbound=True, stats=self.stats)
+        attempt: Deferred[RaftConnection] = connectProtocol(endpoint, connection)
+        self._connecting[to] = attempt
+
+        def connected(connection: RaftConnection) -> None:
+            self._connecting.pop(to, None)
+            if not self.running:
+                connection.close()
+                return
+            connection.send(hello(self.me))
+            connection.on_close = lambda reason: self._lost(to, connection)
+            self._out[to] = connection
+            self.stats["connected"] += 1
+            self.log.debug("raft connection to {to} open", to=to)
+
+        def failed(failure: Failure) -> None:
+            self._connecting.pop(to, None)
+            self.stats["connect_failures"] += 1
+            self.log.debug("raft connection to {to} failed: {why}", to=to, why=failure.value)
+
+        attempt.addCallbacks(connected, failed)
+
+    def _lost(self, to: str, connection: RaftConnection) -> None:
+        if self._out.get(to) is connection:
+            del self._out[to]
+            self.log.debug("raft connection to {to} lost", to=to)
+
+    # -- inbound --------------------------------------------------------------------
+
+    def handle_inbound(self, connection: RaftConnection) -> None:
+        """The ``RPCListener``'s Raft handler: reads the hello, then passes frames on."""
+        sender: list[str] = []
+        self._inbound.add(connection)
+
+        def on_frame(payload: bytes) -> None:
+            if not sender:
+                try:
+                    sender.append(parse_hello(payload))
+                except MalformedFrame as e:
+                    self.stats["bad_hello"] += 1
+                    self.log.warn(
+                        "closing raft connection from {peer}: {error}",
+                        peer=connection.peer,
+                        error=str(e),
+                    )
+                    connection.close()
+                return
+            if self.receive is not None:
+                self.receive(sender[0], payload)
+
+        connection.on_frame = on_frame
+        connection.on_close = lambda reason: self._inbound.discard(connection)
+
+    # -- life cycle -----------------------------------------------------------------
+
+    def stopService(self) -> Deferred[object]:
+        super().stopService()
+        for attempt in list(self._connecting.values()):
+            attempt.cancel()
+        self._connecting.clear()
+        waits: list[Deferred[object]] = []
+        for connection in [*self._out.values(), *self._inbound]:
+            if not connection.closed and connection.transport is not None:
+                d: Deferred[object] = Deferred()
+                connection.on_close = lambda reason, d=d: d.callback(None)
+                waits.append(d)
+                connection.close()
+        self._out.clear()
+        self._inbound.clear()
+        if not waits:
+            return succeed(None)
+        return DeferredList(waits).addCallback(lambda _: None)

@@ -1,0 +1,174 @@
+"""
+Three server agents in one process on 127.0.0.1 forming a Raft cluster:
+bootstrap on ``bootstrap_expect``, writes through a follower, leader loss,
+the status and operator endpoints.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import treq
+from twisted.internet import reactor  # noqa: TID251 (real-socket test)
+from twisted.internet.defer import gatherResults
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+
+from txconsul.agent.agent import Agent
+from txconsul.testing.agent import http_address, make_agent
+
+FAST = {"probe_interval": "100ms", "probe_timeout": "50ms", "gossip_interval": "20ms"}
+
+
+def lan(agent: Agent) -> str:
+    assert agent.membership.lan is not None
+    return "127.0.0.1:%d" % agent.membership.lan.gossip.address()[1]
+
+
+class ClusterTestCase(TestCase):
+    timeout = 60
+
+    def server(self, name: str, **flags: Any) -> Agent:
+        flags.setdefault("bootstrap_expect", 3)
+        return make_agent(
+            self,
+            reactor,
+            node_name=name,
+            dev=False,
+            server=True,
+            data_dir=self.mktemp(),
+            gossip_lan=FAST,
+            gossip_wan=FAST,
+            ports={"server": 0},
+            **flags,
+        )
+
+    async def cluster(self) -> list[Agent]:
+        s1 = self.server("s1")
+        s2 = self.server("s2", start_join=[lan(s1)])
+        s3 = self.server("s3", start_join=[lan(s1)])
+        agents = [s1, s2, s3]
+        await gatherResults([a.when_ready() for a in agents])
+        return agents
+
+    async def http(
+        self, agent: Agent, method: str, path: str, body: bytes | None = None
+    ) -> tuple[int, Any]:
+        url = f"http://{http_address(agent)}{path}"
+        response = await treq.request(method, url, data=body, persistent=False)
+        content: bytes = await response.content()
+        try:
+            return response.code, json.loads(content)
+        except ValueError:
+            return response.code, content.decode()
+
+    async def wait_for(self, condition: Callable[[], Any], limit: float = 15.0) -> None:
+        deadline = time.monotonic() + limit
+        while True:
+            result = condition()
+            if hasattr(result, "__await__"):
+                result = await result
+            if result:
+                return
+            if time.monotonic() > deadline:
+                self.fail(f"condition not met within {limit}s")
+            await deferLater(reactor, 0.05, lambda: None)
+
+    def knows_leader(self, agent: Agent) -> bool:
+        return agent.consensus.leader_address() != ""
+
+    def leaders(self, agents: list[Agent]) -> list[Agent]:
+        return [a for a in agents if a.running and a.consensus.is_leader()]
+
+    async def kv(self, agent: Agent, key: str) -> str | None:
+        code, body = await self.http(agent, "GET", f"/v1/kv/{key}")
+        if code != 200:
+            return None
+        return base64.b64decode(body[0]["Value"]).decode()
+
+    async def test_three_servers_elect_one_leader_and_agree_on_it(self) -> None:
+        agents = await self.cluster()
+        await self.wait_for(lambda: len(self.leaders(agents)) == 1)
+        leader = self.leaders(agents)[0]
+        addresses = sorted(a.config.rpc_address for a in agents)
+        for agent in agents:
+            await self.wait_for(functools.partial(self.knows_leader, agent))
+            code, body = await self.http(agent, "GET", "/v1/status/leader")
+            self.assertEqual((code, body), (200, leader.config.rpc_address))
+            code, body = await self.http(agent, "GET", "/v1/status/peers")
+            self.assertEqual(sorted(body), addresses)
+        code, body = await self.http(agents[0], "GET", "/v1/operator/raft/configuration")
+        self.assertEqual(code, 200)
+        servers = {s["Node"]: s for s in body["Servers"]}
+        self.assertEqual(sorted(servers), ["s1", "s2", "s3"])
+        for agent in agents:
+            entry = servers[agent.config.node_name]
+            self.assertEqual(entry["Address"], agent.config.rpc_address)
+            self.assertEqual(entry["ID"], agent.node_id)
+            self.assertEqual(entry["Leader"], agent is leader)
+            self.assertEqual((entry["Voter"], entry["ProtocolVersion"]), (True, "3"))
+        self.assertIsInstance(body["Index"], int)
+
+    async def test_the_advertised_server_port_is_the_bound_port(self) -> None:
+        agents = await self.cluster()
+        for agent in agents:
+            assert agent.servers is not None
+            port = agent.servers.listener.address()[1]
+            self.assertNotEqual(port, 0)
+            self.assertEqual(agent.config.rpc_address, f"127.0.0.1:{port}")
+            self.assertEqual(agent.member()["Tags"]["port"], str(port))
+
+    async def test_a_write_through_a_follower_is_readable_on_every_server(self) -> None:
+        agents = await self.cluster()
+        await self.wait_for(lambda: len(self.leaders(agents)) == 1)
+        follower = next(a for a in agents if a not in self.leaders(agents))
+        code, body = await self.http(follower, "PUT", "/v1/kv/greeting", b"hello")
+        self.assertEqual((code, body), (200, True))
+        for agent in agents:
+            await self.wait_for(functools.partial(self.kv, agent, "greeting"))
+            self.assertEqual(await self.kv(agent, "greeting"), "hello")
+        # every server is in the catalog with its consul service
+        await self.wait_for(lambda: self._service_nodes(follower, "consul", {"s1", "s2", "s3"}))
+
+    async def _service_nodes(self, agent: Agent, service: str, want: set[str]) -> bool:
+        code, body = await self.http(agent, "GET", f"/v1/catalog/service/{service}")
+        return code == 200 and {e["Node"] for e in body} == want
+
+    async def test_a_new_leader_takes_over_when_the_leader_stops(self) -> None:
+        agents = await self.cluster()
+        await self.wait_for(lambda: len(self.leaders(agents)) == 1)
+        old = self.leaders(agents)[0]
+        code, _ = await self.http(old, "PUT", "/v1/kv/before", b"1")
+        self.assertEqual(code, 200)
+        await old.stopService()
+        rest = [a for a in agents if a is not old]
+        await self.wait_for(lambda: len(self.leaders(rest)) == 1)
+        new = self.leaders(rest)[0]
+        self.assertNotEqual(new.config.rpc_address, old.config.rpc_address)
+        follower = next(a for a in rest if a is not new)
+        await self.wait_for(lambda: follower.consensus.leader_address() == new.config.rpc_address)
+        code, body = await self.http(follower, "PUT", "/v1/kv/after", b"2")
+        self.assertEqual((code, body), (200, True))
+        for agent in rest:
+            await self.wait_for(functools.partial(self.kv, agent, "after"))
+            self.assertEqual(await self.kv(agent, "before"), "1")
+
+    async def test_removing_a_stopped_peer_shrinks_the_configuration(self) -> None:
+        agents = await self.cluster()
+        await self.wait_for(lambda: len(self.leaders(agents)) == 1)
+        leader = self.leaders(agents)[0]
+        gone = next(a for a in agents if a is not leader)
+        address = gone.config.rpc_address
+        await gone.stopService()
+        rest = [a for a in agents if a is not gone]
+        follower = next(a for a in rest if a is not leader)
+        code, _ = await self.http(follower, "DELETE", f"/v1/operator/raft/peer?address={address}")
+        self.assertEqual(code, 200)
+        await self.wait_for(lambda: address not in leader.consensus.peers())
+        code, body = await self.http(follower, "DELETE", "/v1/operator/raft/peer?address=1.2.3.4:5")
+        self.assertEqual(code, 404)
