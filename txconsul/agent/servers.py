@@ -139,10 +139,13 @@ class Servers(MultiService):
         self.dispatcher.register("Status.Peers", lambda body: self.consensus.peers())
         self.dispatcher.register("Status.Leader", lambda body: self.consensus.leader_address())
         self.dispatcher.register("Operator.RaftRemovePeerByAddress", self._rpc_remove_peer)
-        self.listener = RPCListener(
-            reactor, self.dispatcher, portno=c.ports["server"], interface=c.bind_addr
-        )
-        self.listener.setServiceParent(self)
+        # a dev server is its own cluster: it needs no port (and tests run many at once)
+        self.listener: RPCListener | None = None
+        if not c.dev:
+            self.listener = RPCListener(
+                reactor, self.dispatcher, portno=c.ports["server"], interface=c.bind_addr
+            )
+            self.listener.setServiceParent(self)
         self.client = RPCClient(reactor, reactor)
         self.forwarder = Forwarder(
             lambda address, method, body: self.client.call(address, method, body, RPC_TIMEOUT),
@@ -169,11 +172,13 @@ class Servers(MultiService):
     def startService(self) -> None:
         super().startService()  # binds the listener
         agent = self._agent
-        _, port = self.listener.address()
-        agent.config = attrs.evolve(agent.config, ports={**agent.config.ports, "server": port})
         self.transport = RaftTransport(self._reactor, self._reactor, self.me)
+        if self.listener is not None:
+            _, port = self.listener.address()
+            agent.config = attrs.evolve(agent.config, ports={**agent.config.ports, "server": port})
+            self.transport.me = self.me
+            self.listener.set_raft_handler(self.transport.handle_inbound)
         self.transport.startService()
-        self.listener.set_raft_handler(self.transport.handle_inbound)
         if agent.config.dev:
             self._start_node([self.me])
         self._loop = LoopingCall(self._tick)

@@ -118,6 +118,7 @@ class ClusterTestCase(TestCase):
         agents = await self.cluster()
         for agent in agents:
             assert agent.servers is not None
+            assert agent.servers.listener is not None
             port = agent.servers.listener.address()[1]
             self.assertNotEqual(port, 0)
             self.assertEqual(agent.config.rpc_address, f"127.0.0.1:{port}")
