@@ -191,6 +191,8 @@ class Servers(MultiService):
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._loop = None
+        if self.transport is not None:
+            self.transport.receive = None  # frames still arriving must not reach a stopped node
         d: Deferred[Any] = super().stopService()  # the node (if started), then the listener
         transport = self.transport
         if transport is not None:

@@ -173,3 +173,26 @@ class ClusterTestCase(TestCase):
         await self.wait_for(lambda: address not in leader.consensus.peers())
         code, body = await self.http(follower, "DELETE", "/v1/operator/raft/peer?address=1.2.3.4:5")
         self.assertEqual(code, 404)
+
+    async def test_a_server_joining_a_running_cluster_is_added_as_a_voter(self) -> None:
+        agents = await self.cluster()
+        await self.wait_for(lambda: len(self.leaders(agents)) == 1)
+        leader = self.leaders(agents)[0]
+        s4 = self.server("s4", start_join=[lan(agents[0])])
+        await s4.when_ready()
+        await self.wait_for(lambda: s4.config.rpc_address in leader.consensus.peers())
+        await self.wait_for(lambda: len(s4.consensus.peers()) == 4)
+        code, body = await self.http(s4, "PUT", "/v1/kv/fourth", b"4")
+        self.assertEqual((code, body), (200, True))
+        for agent in [*agents, s4]:
+            await self.wait_for(functools.partial(self.kv, agent, "fourth"))
+
+    async def test_a_server_that_leaves_is_removed_from_the_voters(self) -> None:
+        agents = await self.cluster()
+        await self.wait_for(lambda: len(self.leaders(agents)) == 1)
+        leader = self.leaders(agents)[0]
+        gone = next(a for a in agents if a is not leader)
+        address = gone.config.rpc_address
+        await gone.leave()
+        await self.wait_for(lambda: address not in leader.consensus.peers())
+        self.assertEqual(len(leader.consensus.peers()), 2)
