@@ -161,7 +161,9 @@ class RaftNode(Service):
         self.receive_message(src, message)
 
     def receive_message(self, src: str, message: Message) -> None:
-        if self.halted or self.core is None:
+        # A stopped node's store is closed: a message still in flight from a
+        # peer is dropped (Raft resends whatever still matters).
+        if self.halted or self.core is None or not self.running:
             return
         self.core.receive(self._monotonic(), src, message)
         self._drain()

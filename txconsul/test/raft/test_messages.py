@@ -83,7 +83,7 @@ class GarbageTests(SynchronousTestCase):
                 st.integers(-(2**63), 2**64 - 1),
                 st.text(max_size=4),
                 st.binary(max_size=4),
-                st.lists(st.integers(), max_size=4),
+                st.lists(st.integers(-(2**63), 2**64 - 1), max_size=4),
                 st.lists(
                     st.lists(st.one_of(st.integers(0, 5), st.binary(max_size=2), st.none())),
                     max_size=3,
