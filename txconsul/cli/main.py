@@ -30,6 +30,7 @@ from txconsul.cli.join import ForceLeave, Join, Leave
 from txconsul.cli.keyring import Keygen, Keyring
 from txconsul.cli.kv import KV
 from txconsul.cli.members import Members
+from txconsul.cli.operator import Operator
 
 
 class Options(Command):
@@ -50,6 +51,7 @@ class Options(Command):
         ["members", None, Members, "List the members of the gossip pool."],
         ["maint", None, Maint, "Put the node or a service in maintenance mode."],
         ["reload", None, Reload, "Make the agent read its config files again."],
+        ["operator", None, Operator, "Operator commands: operator raft list-peers|remove-peer."],
     ]
 
 
