@@ -69,3 +69,21 @@ def http_address(agent: Agent) -> str:
     """``host:port`` of the agent's HTTP API."""
     host, port = agent.http.address()
     return f"{host}:{port}"
+
+
+async def api_call(
+    agent: Agent, method: str, path: str, body: bytes | None = None
+) -> tuple[int, Any]:
+    """One request to the agent's HTTP API: the status and the decoded JSON (or text)."""
+    import json
+
+    import treq
+
+    response = await treq.request(
+        method, f"http://{http_address(agent)}{path}", data=body, persistent=False
+    )
+    content: bytes = await response.content()
+    try:
+        return response.code, json.loads(content)
+    except ValueError:
+        return response.code, content.decode()

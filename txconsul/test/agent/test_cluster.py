@@ -8,19 +8,16 @@ from __future__ import annotations
 
 import base64
 import functools
-import json
-import time
 from collections.abc import Callable
 from typing import Any
 
-import treq
 from twisted.internet import reactor  # noqa: TID251 (real-socket test)
 from twisted.internet.defer import gatherResults
-from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from txconsul.agent.agent import Agent
-from txconsul.testing.agent import http_address, make_agent
+from txconsul.testing.agent import api_call, make_agent
+from txconsul.testing.polling import poll_until
 
 FAST = {"probe_interval": "100ms", "probe_timeout": "50ms", "gossip_interval": "20ms"}
 
@@ -59,25 +56,11 @@ class ClusterTestCase(TestCase):
     async def http(
         self, agent: Agent, method: str, path: str, body: bytes | None = None
     ) -> tuple[int, Any]:
-        url = f"http://{http_address(agent)}{path}"
-        response = await treq.request(method, url, data=body, persistent=False)
-        content: bytes = await response.content()
-        try:
-            return response.code, json.loads(content)
-        except ValueError:
-            return response.code, content.decode()
+        return await api_call(agent, method, path, body)
 
     async def wait_for(self, condition: Callable[[], Any], limit: float = 15.0) -> None:
-        deadline = time.monotonic() + limit
-        while True:
-            result = condition()
-            if hasattr(result, "__await__"):
-                result = await result
-            if result:
-                return
-            if time.monotonic() > deadline:
-                self.fail(f"condition not met within {limit}s")
-            await deferLater(reactor, 0.05, lambda: None)
+        if not await poll_until(reactor, condition, limit):
+            self.fail(f"condition not met within {limit}s")
 
     def knows_leader(self, agent: Agent) -> bool:
         return agent.consensus.leader_address() != ""

@@ -8,11 +8,9 @@ from __future__ import annotations
 import base64
 import functools
 import json
-import time
 from collections.abc import Callable
 from typing import Any
 
-import treq
 from twisted.internet import reactor  # noqa: TID251 (real-socket test)
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import deferLater
@@ -20,7 +18,8 @@ from twisted.trial.unittest import TestCase
 
 from txconsul.agent.agent import Agent
 from txconsul.agent.membership import JoinFailed, parse_join_address
-from txconsul.testing.agent import http_address, start_agent
+from txconsul.testing.agent import api_call, start_agent
+from txconsul.testing.polling import poll_until
 from txconsul.testing.process import free_port
 
 FAST = {"probe_interval": "100ms", "probe_timeout": "50ms", "gossip_interval": "20ms"}
@@ -52,13 +51,7 @@ class GossipAgentTestCase(TestCase):
     async def http(
         self, agent: Agent, method: str, path: str, body: bytes | None = None
     ) -> tuple[int, Any]:
-        url = f"http://{http_address(agent)}{path}"
-        response = await treq.request(method, url, data=body, persistent=False)
-        content: bytes = await response.content()
-        try:
-            return response.code, json.loads(content)
-        except ValueError:
-            return response.code, content.decode()
+        return await api_call(agent, method, path, body)
 
     async def members(self, agent: Agent, query: str = "") -> dict[str, Any]:
         _, listing = await self.http(agent, "GET", "/v1/agent/members" + query)
@@ -66,16 +59,8 @@ class GossipAgentTestCase(TestCase):
 
     async def wait_for(self, condition: Callable[[], Any], limit: float = 15.0) -> None:
         """Poll ``condition`` (a coroutine function or plain callable) until it is true."""
-        end = time.monotonic() + limit
-        while True:
-            result = condition()
-            if hasattr(result, "__await__"):
-                result = await result
-            if result:
-                return
-            if time.monotonic() > end:
-                self.fail("condition not met in time")
-            await deferLater(reactor, 0.05, lambda: None)
+        if not await poll_until(reactor, condition, limit):
+            self.fail("condition not met in time")
 
     async def equals(self, got: Any, want: Any) -> bool:
         return bool(await got == want)

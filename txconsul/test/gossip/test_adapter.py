@@ -10,8 +10,7 @@ import random
 import time
 from collections.abc import Callable
 
-from twisted.internet import reactor, task  # noqa: TID251 (real-socket test)
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet import reactor  # noqa: TID251 (real-socket test)
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from txconsul.gossip.adapter import Codec, GossipPool
@@ -20,6 +19,7 @@ from txconsul.gossip.memberlist import GossipConfig, Packet
 from txconsul.gossip.messages import Ack, Ping, PushPull
 from txconsul.gossip.states import MemberState
 from txconsul.gossip.wire import MalformedPacket
+from txconsul.testing.polling import poll_until
 
 KEY = bytes(range(32))
 OTHER = bytes(range(1, 17))
@@ -109,12 +109,8 @@ class LoopbackTests(TestCase):
         return pool
 
     async def wait_for(self, condition: Callable[[], bool], limit: float = 10.0) -> None:
-        clock: IReactorTime = reactor
-        end = time.monotonic() + limit
-        while not condition():
-            if time.monotonic() > end:
-                self.fail("condition not met in time")
-            await task.deferLater(clock, 0.05, lambda: None)
+        if not await poll_until(reactor, condition, limit):
+            self.fail("condition not met in time")
 
     def alive_everywhere(self, pools: list[GossipPool]) -> bool:
         names = {p.node_name for p in pools}

@@ -15,7 +15,7 @@ import tempfile
 import time
 from collections.abc import Callable
 
-from twisted.internet import reactor, task  # noqa: TID251 (real-process test)
+from twisted.internet import reactor  # noqa: TID251 (real-process test)
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from txconsul.gossip.adapter import GossipPool
@@ -32,6 +32,7 @@ from txconsul.gossip.serf import (
     encode_tags,
 )
 from txconsul.gossip.wire import pack
+from txconsul.testing.polling import poll_until
 
 
 def serf_pair() -> tuple[Serf, Memberlist]:
@@ -180,13 +181,10 @@ class SerfInteropTests(TestCase):
         return {m["name"]: m for m in listing["members"]}
 
     async def wait_for(self, condition: Callable[[], bool], limit: float = 20.0) -> None:
-        end = time.monotonic() + limit
-        while not condition():
-            if time.monotonic() > end:
-                with open(self.log.name) as f:
-                    tail = f.read()[-2000:]
-                self.fail(f"condition not met in time; serf log:\n{tail}")
-            await task.deferLater(reactor, 0.1, lambda: None)
+        if not await poll_until(reactor, condition, limit, interval=0.1):
+            with open(self.log.name) as f:
+                tail = f.read()[-2000:]
+            self.fail(f"condition not met in time; serf log:\n{tail}")
 
     async def test_pool_joins_serf_and_exchanges_user_events(self) -> None:
         await self.wait_for(lambda: "serf-a" in self.serf_members())

@@ -12,19 +12,18 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import reactor  # noqa: TID251 (real-socket test)
 from twisted.internet.defer import ensureDeferred
-from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SkipTest, TestCase
 
 from txconsul.agent.agent import Agent
 from txconsul.test.gossip.test_serf import free_port
 from txconsul.testing.agent import start_agent
+from txconsul.testing.polling import poll_until
 
 KEY = base64.b64encode(bytes(range(32))).decode()
 
@@ -100,13 +99,10 @@ class SerfAndAgentTests(TestCase):
         return {m["name"]: m for m in listing["members"]}
 
     async def wait_for(self, condition: Callable[[], bool], limit: float = 20.0) -> None:
-        end = time.monotonic() + limit
-        while not condition():
-            if time.monotonic() > end:
-                with open(self.log.name) as f:
-                    tail = f.read()[-2000:]
-                self.fail(f"condition not met in time; serf log:\n{tail}")
-            await deferLater(reactor, 0.1, lambda: None)
+        if not await poll_until(reactor, condition, limit, interval=0.1):
+            with open(self.log.name) as f:
+                tail = f.read()[-2000:]
+            self.fail(f"condition not met in time; serf log:\n{tail}")
 
     async def start_both(self, encrypt: str | None = None) -> Agent:
         await self.start_serf(*([f"-encrypt={encrypt}"] if encrypt else []))
