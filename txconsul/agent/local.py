@@ -163,22 +163,20 @@ class LocalState:
 
     # -- checks -------------------------------------------------------------------
 
-    def _allowed(self, check: CheckDefinition, from_config: bool) -> None:
+    def _scripts_enabled(self, from_config: bool) -> bool:
         config = self._agent.config
-        if check.kind != "script" or config.enable_script_checks:
-            return
-        if from_config and config.enable_local_script_checks:
-            return
-        if not from_config:
+        return config.enable_script_checks or (from_config and config.enable_local_script_checks)
+
+    def _allowed(self, check: CheckDefinition, from_config: bool) -> None:
+        """The API refuses script checks while scripts are disabled; config
+        files may still define them (they are registered, not run)."""
+        if check.kind == "script" and not from_config and not self._scripts_enabled(False):
             raise BadRequest(SCRIPTS_DISABLED)
 
     def _may_run(self, check: CheckDefinition, from_config: bool) -> bool:
         if check.kind not in RUNNABLE:
             return False
-        if check.kind != "script":
-            return True
-        config = self._agent.config
-        return config.enable_script_checks or (from_config and config.enable_local_script_checks)
+        return check.kind != "script" or self._scripts_enabled(from_config)
 
     def add_check(
         self,

@@ -43,7 +43,7 @@ class FSM:
     def __init__(self, store: StateStore) -> None:
         self.store = store
         self._handlers: dict[str, Callable[[int, Command], Any]] = {
-            "kv": self._apply_kv,
+            "kv": self._kv_op,
             "txn": self._apply_txn,
             "register": self._apply_register,
             "deregister": self._apply_deregister,
@@ -57,9 +57,6 @@ class FSM:
         return handler(index, command)
 
     # -- KV -----------------------------------------------------------------
-
-    def _apply_kv(self, index: int, op: Command) -> Any:
-        return self._kv_op(index, op)
 
     def _kv_op(self, index: int, op: Command) -> Any:
         kv = self.store.kv
