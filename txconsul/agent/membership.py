@@ -10,8 +10,9 @@ subscribers (the catalog reconciliation of ``txconsul.agent.reconcile``).
 
 from __future__ import annotations
 
+import os
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -24,7 +25,7 @@ from twisted.logger import Logger
 from txconsul import CONSUL_VERSION
 from txconsul.config import DEFAULT_PORTS
 from txconsul.errors import BadRequest, TxConsulError
-from txconsul.gossip import wire
+from txconsul.gossip import snapshot, wire
 from txconsul.gossip.adapter import GossipPool, Monotonic
 from txconsul.gossip.keyring import Keyring, decode_key
 from txconsul.gossip.memberlist import Address, GossipConfig, Node
@@ -52,8 +53,14 @@ class ConsulSerf(Serf):
     have produced events, and it can force a member out.
     """
 
-    def __init__(self, name: str, tags: Mapping[str, str], retransmit_mult: int) -> None:
-        super().__init__(name, tags, retransmit_mult)
+    def __init__(
+        self,
+        name: str,
+        tags: Mapping[str, str],
+        retransmit_mult: int,
+        snapshot: snapshot.SnapshotFile | None = None,
+    ) -> None:
+        super().__init__(name, tags, retransmit_mult, snapshot=snapshot)
         self.changed: Callable[[], None] = lambda: None
 
     def notify_msg(self, now: float, payload: bytes) -> None:
@@ -101,6 +108,17 @@ class SerfPool:
     serf: ConsulSerf
     gossip: GossipPool
     keyring: Keyring | None
+    #: ``data_dir/serf/local.snapshot`` or ``remote.snapshot``; none in dev mode
+    snapshot: snapshot.SnapshotFile | None = None
+    #: the members alive when the agent last stopped without leaving
+    previous: list[Address] = attrs.field(factory=list)
+
+
+#: serf's member snapshots in the data directory, as Consul names them
+SNAPSHOT_FILES = {
+    False: os.path.join("serf", "local.snapshot"),
+    True: os.path.join("serf", "remote.snapshot"),
+}
 
 
 def gossip_config(base: GossipConfig, overrides: Mapping[str, float]) -> GossipConfig:
@@ -189,13 +207,23 @@ class Membership(Service):
             self.wan = self._pool(wan=True)
         self.lan = self._pool(wan=False)
         super().startService()
+        for pool in self.pools():
+            if pool.previous:
+                self._background(self._rejoin(pool))
 
     def _pool(self, wan: bool) -> SerfPool:
         c = self._agent.config
         name = f"{c.node_name}.{c.datacenter}" if wan else c.node_name
         base = GossipConfig.wan() if wan else GossipConfig.lan()
         config = gossip_config(base, c.gossip_wan if wan else c.gossip_lan)
-        serf = ConsulSerf(name, self.tags(wan), config.retransmit_mult)
+        snap, state = None, snapshot.SnapshotState()
+        if c.data_dir:
+            path = os.path.join(c.data_dir, SNAPSHOT_FILES[wan])
+            state = snapshot.load(path, c.rejoin_after_leave)
+            snap = snapshot.SnapshotFile(path, state, c.rejoin_after_leave)
+        serf = ConsulSerf(name, self.tags(wan), config.retransmit_mult, snap)
+        if state.clock or state.event_clock or state.query_clock:
+            serf.restore(state.clock, state.event_clock, state.query_clock)
         keyring = Keyring([decode_key(c.encrypt)]) if c.encrypt else None
         port = c.ports["serf_wan" if wan else "serf_lan"]
         gossip = GossipPool(
@@ -209,7 +237,7 @@ class Membership(Service):
             delegate=serf,
             keyring=keyring,
         )
-        pool = SerfPool(wan, serf, gossip, keyring)
+        pool = SerfPool(wan, serf, gossip, keyring, snap, state.rejoin())
         serf.changed = lambda: self._dispatch(pool)
         gossip.startService()
         self.log.info(
@@ -226,6 +254,9 @@ class Membership(Service):
             d.cancel()
         self._retrying = []
         stopping = [p.gossip.stopService() for p in self.pools()]
+        for pool in self.pools():
+            if pool.snapshot is not None:
+                pool.snapshot.close()
         self.lan = self.wan = None
         return gatherResults(stopping)
 
@@ -339,10 +370,35 @@ class Membership(Service):
             if not n:
                 raise JoinFailed(f"start_join: none of {', '.join(c.join)} answered")
         if c.retry_join:
-            d = ensureDeferred(self._retry_join(list(c.retry_join), c.retry_interval))
-            self._retrying.append(d)
-            d.addErrback(lambda f: f.trap(CancelledError))
-            d.addBoth(lambda r: self._retrying.remove(d) if d in self._retrying else None)
+            self._background(self._retry_join(list(c.retry_join), c.retry_interval))
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` until it ends or the service stops."""
+        d = ensureDeferred(work)
+        self._retrying.append(d)
+        d.addErrback(lambda f: f.trap(CancelledError))
+        d.addBoth(lambda r: self._retrying.remove(d) if d in self._retrying else None)
+
+    async def _rejoin(self, pool: SerfPool) -> None:
+        """
+        Join the members recorded in the snapshot, one at a time in random
+        order, until one answers (serf's rejoin after a restart).
+        """
+        which = "WAN" if pool.wan else "LAN"
+        addresses = list(pool.previous)
+        self._rng.shuffle(addresses)
+        for address in addresses:
+            if pool.gossip.node is None or pool.gossip.node.core.stopped:
+                return
+            self.log.info(
+                "rejoining the {which} pool at {addr}", which=which, addr="%s:%d" % address
+            )
+            if await pool.gossip.join([address]):
+                self.log.info(
+                    "rejoined the {which} pool at {addr}", which=which, addr="%s:%d" % address
+                )
+                return
+        self.log.warn("could not rejoin any previously known {which} member", which=which)
 
     async def _retry_join(self, addresses: list[str], interval: float) -> None:
         attempt = 1

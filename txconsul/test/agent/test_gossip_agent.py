@@ -8,6 +8,8 @@ from __future__ import annotations
 import base64
 import functools
 import json
+import os
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -37,6 +39,18 @@ def wan(agent: Agent) -> str:
     return "127.0.0.1:%d" % agent.membership.wan.gossip.address()[1]
 
 
+def udp_and_tcp_free(port: int) -> bool:
+    """Whether a stopped agent has let go of its gossip port."""
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
+
+
 class GossipAgentTestCase(TestCase):
     timeout = 30
 
@@ -44,8 +58,11 @@ class GossipAgentTestCase(TestCase):
         """A server (dev mode) or client agent with fast LAN and WAN timing."""
         flags.setdefault("gossip_lan", FAST)
         flags.setdefault("gossip_wan", FAST)
+        flags["server"] = server
         if not server:
-            flags.update(dev=False, server=False, data_dir=self.mktemp())
+            flags["dev"] = False
+        if not flags.get("dev", server):
+            flags.setdefault("data_dir", self.mktemp())
         return await start_agent(self, reactor, node_name=name, **flags)
 
     async def http(
@@ -202,6 +219,85 @@ class StatusTests(GossipAgentTestCase):
         code, body = await self.http(s1, "PUT", "/v1/agent/force-leave/nobody")
         self.assertEqual(code, 500)
         self.assertIn("No node found", body)
+
+
+class SnapshotRejoinTests(GossipAgentTestCase):
+    """A restarted agent finds its pool again through data_dir/serf/*.snapshot."""
+
+    def gossip_ports(self, agent: Agent) -> dict[str, int]:
+        ports = {"serf_lan": int(lan(agent).rsplit(":", 1)[1])}
+        if agent.membership.wan is not None:
+            ports["serf_wan"] = int(wan(agent).rsplit(":", 1)[1])
+        return ports
+
+    async def restarted(self, agent: Agent, ports: dict[str, int], **flags: Any) -> Agent:
+        """Stop ``agent`` without leaving (if it still runs), start it again on ``ports``."""
+        if agent.running:
+            await agent.stopService()
+        c = agent.config
+        return await self.agent(
+            c.node_name,
+            server=c.server,
+            dev=False,
+            datacenter=c.datacenter,
+            data_dir=c.data_dir,
+            ports=ports,
+            **flags,
+        )
+
+    async def test_restarted_client_rejoins_without_join(self) -> None:
+        s1 = await self.agent("s1", server=True)
+        c1 = await self.agent("c1", start_join=[lan(s1)])
+        await self.wait_for(lambda: self.equals(self.statuses(s1), {"s1": 1, "c1": 1}))
+        with open(os.path.join(c1.config.data_dir, "serf", "local.snapshot")) as f:
+            self.assertIn(f"alive: s1 {lan(s1)}", f.read())
+        ports = self.gossip_ports(c1)
+        await c1.stopService()
+        await self.wait_for(lambda: self.equals(self.statuses(s1), {"s1": 1, "c1": 4}))
+        c1 = await self.restarted(c1, ports)
+        self.assertEqual(c1.config.join, ())
+        everyone = {"s1": 1, "c1": 1}
+        for agent in (s1, c1):
+            await self.wait_for(functools.partial(self.has_statuses, agent, everyone))
+        check = await self.serf_health(s1, "c1")
+        assert check is not None
+        self.assertEqual(check["Status"], "passing")
+
+    async def test_an_agent_that_left_does_not_rejoin(self) -> None:
+        s1 = await self.agent("s1", server=True)
+        c1 = await self.agent("c1", start_join=[lan(s1)])
+        await self.wait_for(lambda: self.equals(self.statuses(s1), {"s1": 1, "c1": 1}))
+        ports = self.gossip_ports(c1)
+        code, _ = await self.http(c1, "PUT", "/v1/agent/leave")
+        self.assertEqual(code, 200)
+        await self.wait_for(lambda: udp_and_tcp_free(ports["serf_lan"]))
+        c1 = await self.restarted(c1, ports)
+        assert c1.membership.lan is not None
+        self.assertEqual(c1.membership.lan.previous, [])  # nothing to rejoin, by choice
+        self.assertEqual(await self.statuses(c1), {"c1": 1})
+        self.assertEqual((await self.statuses(s1))["c1"], 3)
+
+    async def test_rejoin_after_leave_rejoins_all_the_same(self) -> None:
+        s1 = await self.agent("s1", server=True)
+        c1 = await self.agent("c1", start_join=[lan(s1)], rejoin_after_leave=True)
+        await self.wait_for(lambda: self.equals(self.statuses(s1), {"s1": 1, "c1": 1}))
+        ports = self.gossip_ports(c1)
+        await c1.leave()
+        await self.wait_for(lambda: udp_and_tcp_free(ports["serf_lan"]))
+        c1 = await self.restarted(c1, ports, rejoin_after_leave=True)
+        await self.wait_for(lambda: self.equals(self.statuses(s1), {"s1": 1, "c1": 1}))
+
+    async def test_restarted_server_rejoins_the_wan_pool_too(self) -> None:
+        s1 = await self.agent("s1", server=True, dev=False)
+        s2 = await self.agent("s2", server=True, dev=False, datacenter="dc2")
+        code, _ = await self.http(s2, "PUT", f"/v1/agent/join/{wan(s1)}?wan=1")
+        self.assertEqual(code, 200)
+        both = {"s1.dc1": 1, "s2.dc2": 1}
+        await self.wait_for(functools.partial(self.has_statuses, s1, both, "?wan=1"))
+        self.assertTrue(os.path.exists(os.path.join(s2.config.data_dir, "serf", "remote.snapshot")))
+        s2 = await self.restarted(s2, self.gossip_ports(s2))
+        await self.wait_for(functools.partial(self.has_statuses, s2, both, "?wan=1"))
+        self.assertEqual(set(await self.members(s2)), {"s2"})  # its LAN pool is its own
 
 
 class WANTests(GossipAgentTestCase):

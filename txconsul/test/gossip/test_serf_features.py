@@ -181,9 +181,29 @@ class SnapshotTests(SynchronousTestCase):
         writer = snapshot.SnapshotFile(self.path)
         writer.alive("b", ("10.0.0.2", 8301))
         writer.leave()
+        writer.alive("c", ("10.0.0.3", 8301))  # while leaving: not recorded
         writer.close()
         self.assertEqual(snapshot.load(self.path).rejoin(), [])
-        self.assertEqual(snapshot.load(self.path).rejoin(after_leave=True), [])
+
+    def test_rejoin_after_leave_ignores_the_leave(self) -> None:
+        writer = snapshot.SnapshotFile(self.path, rejoin_after_leave=True)
+        writer.alive("b", ("10.0.0.2", 8301))
+        writer.leave()
+        writer.close()
+        self.assertEqual(snapshot.load(self.path).rejoin(), [])
+        state = snapshot.load(self.path, rejoin_after_leave=True)
+        self.assertEqual(state.rejoin(), [("10.0.0.2", 8301)])
+
+    def test_a_new_run_after_a_leave_records_again(self) -> None:
+        writer = snapshot.SnapshotFile(self.path)
+        writer.alive("b", ("10.0.0.2", 8301))
+        writer.leave()
+        writer.close()
+        writer = snapshot.SnapshotFile(self.path)  # started again, joined by hand
+        writer.alive("c", ("10.0.0.3", 8301))
+        writer.close()
+        self.assertEqual(snapshot.load(self.path).rejoin(), [("10.0.0.3", 8301)])
+        writer.alive("d", ("10.0.0.4", 8301))  # after close (a late timer): ignored
 
     def test_compaction_keeps_the_state(self) -> None:
         writer = snapshot.SnapshotFile(self.path, compact_at=2048)
