@@ -69,7 +69,7 @@ class WorkloadTests(TestCase):
         clients = [Client(f"p{i}", [url]) for i in range(4)]
         workload = RegisterWorkload(reactor, random.Random(4), clients, keys=3)
         self.addCleanup(workload.close)
-        stop = []
+        stop: list[bool] = []
         reactor.callLater(1.0, stop.append, True)
         await workload.run(lambda: bool(stop))
         counts = workload.counts
