@@ -97,7 +97,6 @@ class RunLimitTests(TestCase):
         ]
         for r in runners:
             r._run()
-
         def stop_all() -> None:
             for r in runners:
                 r.stop()
