@@ -19,8 +19,10 @@ their timers fire on time), with awareness and dynamic suspicion off and on.
 from __future__ import annotations
 
 import argparse
+import gc
 import math
 import random
+import resource
 import statistics
 import time
 
@@ -51,11 +53,15 @@ class ScaleResult:
     detect_max: float
     false_positives: int
     wall: float
+    cpu: float
 
 
 def scale(seed: int, n: int, loss: float, window: float) -> ScaleResult:
-    wall = time.monotonic()
+    wall, cpu = time.monotonic(), time.process_time()
     cluster = SimCluster(seed, n, loss=loss, measure_bytes=True, bootstrap=True)
+    # the pool's records live for the whole run: keep the cyclic collector off them
+    gc.collect()
+    gc.freeze()
     cluster.run(10)  # let the staggered timers settle
     net = cluster.net
     udp0, stream0 = net.datagram_bytes, net.stream_bytes
@@ -78,6 +84,7 @@ def scale(seed: int, n: int, loss: float, window: float) -> ScaleResult:
     cluster.run(60)
     detections = cluster.detections(victim)
     lat = [t - killed_at for t in detections.values()]
+    gc.unfreeze()
     return ScaleResult(
         udp,
         stream,
@@ -91,6 +98,7 @@ def scale(seed: int, n: int, loss: float, window: float) -> ScaleResult:
         max(lat) if lat else float("nan"),
         len(cluster.false_positives()),
         time.monotonic() - wall,
+        time.process_time() - cpu,
     )
 
 
@@ -99,6 +107,7 @@ def run_scale(args: argparse.Namespace) -> None:
     print("node; no live node ever failed at 5% loss; UDP bytes/node/s flat within 20%")
     print("from 100 to 1,000 nodes; 10,000 nodes complete.")
     flat: dict[int, float] = {}
+    stream: dict[int, float] = {}
     for n in args.nodes:
         results = []
         for seed in args.seeds:
@@ -110,11 +119,13 @@ def run_scale(args: argparse.Namespace) -> None:
                 f"event p50={r.event_p50:.3f} p99={r.event_p99:.3f} max={r.event_max:.3f} s "
                 f"all={r.event_reached_all}; failed at {r.detected_by}/{r.should_detect} "
                 f"median={r.detect_median:.1f} max={r.detect_max:.1f} s; "
-                f"false positives={r.false_positives}; wall {r.wall:.0f} s",
+                f"false positives={r.false_positives}; wall {r.wall:.0f} s "
+                f"(cpu {r.cpu:.0f} s, peak rss {peak_rss_gb():.1f} GB)",
                 flush=True,
             )
         med = statistics.median
         flat[n] = med(r.udp_bytes for r in results)
+        stream[n] = med(r.stream_bytes for r in results)
         print(
             f"n={n} median over {len(results)} seed(s): "
             f"udp={flat[n]:.0f} B/node/s "
@@ -129,6 +140,22 @@ def run_scale(args: argparse.Namespace) -> None:
     if 100 in flat and 1000 in flat:
         change = flat[1000] / flat[100] - 1
         print(f"udp bytes/node/s 100 -> 1,000 nodes: {change:+.1%} (target within +-20%)")
+        change = stream[1000] / stream[100] - 1
+        model = (1000 / push_pull_scale(1000)) / (100 / push_pull_scale(100)) - 1
+        print(
+            f"push/pull bytes/node/s 100 -> 1,000 nodes: {change:+.1%}; memberlist's "
+            f"pushPullScale predicts {model:+.0%} (each exchange carries every member, "
+            f"the interval grows only with log2 n)"
+        )
+
+
+def push_pull_scale(n: int) -> int:
+    """memberlist's push/pull interval multiplier for ``n`` members."""
+    return 1 if n <= 32 else math.ceil(math.log2(n) - math.log2(32)) + 1
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024
 
 
 @attrs.frozen
