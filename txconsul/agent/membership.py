@@ -27,10 +27,20 @@ from txconsul.config import DEFAULT_PORTS
 from txconsul.errors import BadRequest, TxConsulError
 from txconsul.gossip import snapshot, wire
 from txconsul.gossip.adapter import GossipPool, Monotonic
-from txconsul.gossip.keyring import Keyring, decode_key
+from txconsul.gossip.keyring import Keyring, decode_key, read_keyring_file, write_keyring_file
 from txconsul.gossip.memberlist import Address, GossipConfig, Node
 from txconsul.gossip.messages import DEFAULT_VSN
-from txconsul.gossip.serf import LEAVE, Member, MemberEvent, MemberStatus, Serf, UserEvent
+from txconsul.gossip.serf import (
+    LEAVE,
+    KeyResponse,
+    Member,
+    MemberEvent,
+    MemberStatus,
+    QueryHandle,
+    Serf,
+    UserEvent,
+    key_response,
+)
 from txconsul.gossip.states import MemberState
 
 if TYPE_CHECKING:
@@ -59,8 +69,17 @@ class ConsulSerf(Serf):
         tags: Mapping[str, str],
         retransmit_mult: int,
         snapshot: snapshot.SnapshotFile | None = None,
+        keyring: Keyring | None = None,
+        save_keyring: Callable[[Keyring], None] | None = None,
     ) -> None:
-        super().__init__(name, tags, retransmit_mult, snapshot=snapshot)
+        super().__init__(
+            name,
+            tags,
+            retransmit_mult,
+            snapshot=snapshot,
+            keyring=keyring,
+            save_keyring=save_keyring,
+        )
         self.changed: Callable[[], None] = lambda: None
 
     def notify_msg(self, now: float, payload: bytes) -> None:
@@ -113,6 +132,12 @@ class SerfPool:
     #: the members alive when the agent last stopped without leaving
     previous: list[Address] = attrs.field(factory=list)
 
+
+#: the pools' keyrings in the data directory, as Consul names them
+KEYRING_FILES = {
+    False: os.path.join("serf", "local.keyring"),
+    True: os.path.join("serf", "remote.keyring"),
+}
 
 #: serf's member snapshots in the data directory, as Consul names them
 SNAPSHOT_FILES = {
@@ -221,10 +246,10 @@ class Membership(Service):
             path = os.path.join(c.data_dir, SNAPSHOT_FILES[wan])
             state = snapshot.load(path, c.rejoin_after_leave)
             snap = snapshot.SnapshotFile(path, state, c.rejoin_after_leave)
-        serf = ConsulSerf(name, self.tags(wan), config.retransmit_mult, snap)
+        keyring, save = self._keyring(wan)
+        serf = ConsulSerf(name, self.tags(wan), config.retransmit_mult, snap, keyring, save)
         if state.clock or state.event_clock or state.query_clock:
             serf.restore(state.clock, state.event_clock, state.query_clock)
-        keyring = Keyring([decode_key(c.encrypt)]) if c.encrypt else None
         port = c.ports["serf_wan" if wan else "serf_lan"]
         gossip = GossipPool(
             self._agent.reactor,
@@ -248,6 +273,34 @@ class Membership(Service):
         )
         return pool
 
+    def _keyring(self, wan: bool) -> tuple[Keyring | None, Callable[[Keyring], None] | None]:
+        """
+        The pool's keyring and how to save it, as Consul sets them up: with a
+        data directory the keyring lives in ``serf/local.keyring`` (or
+        ``remote.keyring``), created from ``encrypt`` the first time and
+        preferred to ``encrypt`` afterwards, so that keys installed at run time
+        survive a restart.
+        """
+        c = self._agent.config
+        if not c.data_dir:
+            return (Keyring([decode_key(c.encrypt)]) if c.encrypt else None), None
+        path = os.path.join(c.data_dir, KEYRING_FILES[wan])
+        if os.path.exists(path):
+            keyring = Keyring(read_keyring_file(path))
+            if c.encrypt and decode_key(c.encrypt) not in keyring.keys:
+                self.log.warn(
+                    "{which} keyring {path} does not include the key given with encrypt; "
+                    "using the keyring",
+                    which="WAN" if wan else "LAN",
+                    path=path,
+                )
+        elif c.encrypt:
+            keyring = Keyring([decode_key(c.encrypt)])
+            write_keyring_file(path, keyring)
+        else:
+            return None, None
+        return keyring, lambda k: write_keyring_file(path, k)
+
     def stopService(self) -> Deferred[Any]:
         super().stopService()
         for d in self._retrying:
@@ -255,6 +308,7 @@ class Membership(Service):
         self._retrying = []
         stopping = [p.gossip.stopService() for p in self.pools()]
         for pool in self.pools():
+            pool.serf.close_queries()
             if pool.snapshot is not None:
                 pool.snapshot.close()
         self.lan = self.wan = None
@@ -459,7 +513,7 @@ class Membership(Service):
             await deferLater(self._agent.reactor, step, lambda: None)
             waited += step
 
-    # -- keyring (this agent's pools only) --------------------------------------------
+    # -- keyring ----------------------------------------------------------------------
 
     def keyrings(self) -> list[SerfPool]:
         """The pools with encryption on; ``TxConsulError`` when there is none."""
@@ -467,3 +521,33 @@ class Membership(Service):
         if not pools:
             raise TxConsulError("Gossip encryption is not enabled on this agent")
         return pools
+
+    def keyring_operation(
+        self, op: str, key: bytes | None = None
+    ) -> Deferred[list[tuple[SerfPool, KeyResponse]]]:
+        """
+        ``install``, ``use`` or ``remove`` ``key`` on every member of each
+        encrypted pool, or ``list`` their keys, through serf's internal key
+        queries; fires with each pool's summed-up answers once every member
+        answered or the query timed out.
+        """
+        pools = self.keyrings()
+        queries = [self._key_query(pool, op, key) for pool in pools]
+        return gatherResults(queries).addCallback(
+            lambda answers: list(zip(pools, answers, strict=True))
+        )
+
+    def _key_query(self, pool: SerfPool, op: str, key: bytes | None) -> Deferred[KeyResponse]:
+        done: Deferred[KeyResponse] = Deferred()
+        handle = pool.serf.key_query(self._monotonic(), op, key)
+        num_nodes = pool.gossip.core.num_members()
+
+        def watch(h: QueryHandle) -> None:
+            if not done.called and (h.closed or len(h.responses) >= num_nodes):
+                h.watcher = None
+                done.callback(key_response(h, num_nodes))
+
+        handle.watcher = watch
+        pool.gossip.flush()  # sends the query and arms the timer for its deadline
+        watch(handle)  # our own answer is in already
+        return done
