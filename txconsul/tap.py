@@ -50,6 +50,7 @@ class Options(usage.Options):
         ["server", None, "Run in server mode."],
         ["bootstrap", None, "Server that elects itself (one server, or the first of a cluster)."],
         ["ui", None, "Serve the web UI."],
+        ["rejoin", None, "Rejoin the pools from the member snapshot even after a leave."],
     ]
     optParameters = [
         ["dc", None, None, "Datacenter of this agent (default dc1)."],
@@ -105,6 +106,8 @@ class Options(usage.Options):
             out["bootstrap"] = True
         if self["ui"]:
             out["ui"] = True
+        if self["rejoin"]:
+            out["rejoin_after_leave"] = True
         names = {
             "datacenter": "datacenter",
             "dc": "datacenter",
