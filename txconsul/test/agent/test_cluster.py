@@ -65,6 +65,9 @@ class ClusterTestCase(TestCase):
     def knows_leader(self, agent: Agent) -> bool:
         return agent.consensus.leader_address() != ""
 
+    def has_voters(self, agent: Agent, addresses: list[str]) -> bool:
+        return sorted(agent.consensus.peers()) == addresses
+
     def leaders(self, agents: list[Agent]) -> list[Agent]:
         return [a for a in agents if a.running and a.consensus.is_leader()]
 
@@ -179,3 +182,19 @@ class ClusterTestCase(TestCase):
         await gone.leave()
         await self.wait_for(lambda: address not in leader.consensus.peers())
         self.assertEqual(len(leader.consensus.peers()), 2)
+
+    async def test_a_bootstrap_server_adds_servers_that_join_it(self) -> None:
+        s1 = self.server("s1", bootstrap_expect=0, bootstrap=True)
+        await s1.when_ready()
+        self.assertTrue(s1.consensus.is_leader())
+        s2 = self.server("s2", bootstrap_expect=0, start_join=[lan(s1)])
+        s3 = self.server("s3", bootstrap_expect=0, start_join=[lan(s1)])
+        agents = [s1, s2, s3]
+        await gatherResults([a.when_ready() for a in agents])
+        addresses = sorted(a.config.rpc_address for a in agents)
+        for agent in agents:
+            await self.wait_for(functools.partial(self.has_voters, agent, addresses))
+        code, body = await self.http(s3, "PUT", "/v1/kv/joined", b"yes")
+        self.assertEqual((code, body), (200, True))
+        for agent in agents:
+            await self.wait_for(functools.partial(self.kv, agent, "joined"))
