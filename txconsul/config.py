@@ -69,6 +69,8 @@ class AgentConfig:
     #: Consul's ``gossip_lan`` / ``gossip_wan`` overrides, as memberlist settings.
     gossip_lan: Mapping[str, float] = attrs.field(factory=dict)
     gossip_wan: Mapping[str, float] = attrs.field(factory=dict)
+    #: a server that elects itself (Consul's bootstrap mode; ``--dev`` implies it)
+    bootstrap: bool = False
     bootstrap_expect: int = 0
     encrypt: str | None = None
     ui: bool = False
@@ -265,6 +267,17 @@ def build(raw: Mapping[str, Any], what: str = "configuration") -> AgentConfig:
         if n and not kw.get("server"):
             raise ConfigError(f"{what}: bootstrap_expect needs server mode")
         kw["bootstrap_expect"] = n
+    if "bootstrap" in raw:
+        if _type(raw, "bootstrap", bool, what):
+            if not kw.get("server"):
+                raise ConfigError(f"{what}: bootstrap needs server mode")
+            if kw.get("bootstrap_expect"):
+                raise ConfigError(f"{what}: bootstrap and bootstrap_expect are mutually exclusive")
+            kw["bootstrap"] = True
+    if kw.get("bootstrap_expect") == 1:
+        kw["bootstrap"], kw["bootstrap_expect"] = True, 0  # as Consul: the same thing
+    if dev:
+        kw["bootstrap"], kw["bootstrap_expect"] = True, 0  # a dev server is its own cluster
     if raw.get("encrypt"):
         key = _type(raw, "encrypt", str, what)
         try:

@@ -48,6 +48,7 @@ class Options(usage.Options):
     optFlags = [
         ["dev", None, "Development mode: one server, data in memory, UI on."],
         ["server", None, "Run in server mode."],
+        ["bootstrap", None, "Server that elects itself (one server, or the first of a cluster)."],
         ["ui", None, "Serve the web UI."],
         ["rejoin", None, "Rejoin the pools from the member snapshot even after a leave."],
     ]
@@ -101,6 +102,8 @@ class Options(usage.Options):
             out["dev"] = True
         if self["server"]:
             out["server"] = True
+        if self["bootstrap"]:
+            out["bootstrap"] = True
         if self["ui"]:
             out["ui"] = True
         if self["rejoin"]:

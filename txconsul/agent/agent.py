@@ -28,7 +28,6 @@ from txconsul import __version__
 from txconsul.agent.listeners import TCPListener
 from txconsul.agent.local import LocalState
 from txconsul.agent.membership import Membership
-from txconsul.agent.reconcile import Reconciler
 from txconsul.agent.servers import ServerConsensus, Servers
 from txconsul.config import AgentConfig
 from txconsul.dns.server import DNSService
@@ -121,23 +120,24 @@ class Agent(MultiService):
         self.node_id = config.node_id
         self.store = StateStore()
         self.fsm = FSM(self.store)
-        self.consensus: SingleNodeLog | ServerConsensus = SingleNodeLog(
-            self.fsm, config.rpc_address
-        )
+        self.consensus: SingleNodeLog | ServerConsensus
         self.local = LocalState(self, reactor, self.rng)
-        # a server with bootstrap_expect runs Raft (the others keep the one-server
-        # log for now); it binds port 8300 before the pools tag it
+        # every server runs Raft (``--dev`` as a cluster of one) and binds port
+        # 8300 before the pools tag it; a client agent keeps the one-server log
+        # until it forwards to servers
         self.servers: Servers | None = None
-        if config.server and not config.dev and config.bootstrap_expect:
+        if config.server:
             self.servers = Servers(self, reactor, time.monotonic, self.rng)
             self.servers.setName("servers")
             self.servers.setServiceParent(self)
             self.consensus = self.servers.consensus
+        else:
+            self.consensus = SingleNodeLog(self.fsm, config.rpc_address)
         self.membership = Membership(self, time.monotonic, self.rng)
         self.membership.setName("gossip")
         self.membership.setServiceParent(self)
-        if config.server:
-            self.membership.subscribe(self.servers.reconciler if self.servers else Reconciler(self))
+        if self.servers is not None:
+            self.membership.subscribe(self.servers.reconciler)
         self.http_api = HTTPApi(self, clock, self.rng)
         self.site = APISite(self.http_api.resource())
         self.http = TCPListener(tcp, self.site, config.ports["http"], config.client_addr)

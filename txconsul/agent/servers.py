@@ -7,14 +7,19 @@ is updated with the bound port before the gossip pools publish it), plugs the
 Raft transport into it, and starts the ``RaftNode`` once it knows the first
 configuration:
 
+- ``--bootstrap`` (and ``--dev``, which implies it): at once, as the only
+  voter; a single voter elects itself without waiting for anyone;
 - ``--bootstrap-expect N``: once N alive servers of this datacenter are in the
   LAN pool and none of them is in a cluster yet, all start with the same
   sorted voter list;
 - a server that finds another already in a cluster starts with no voters and
-  waits for the leader to add it.
+  waits for the leader to add it; with neither flag that is all a new server
+  does (as in Consul).
 
 The leader then keeps the voters in step with the pool, one change at a time:
-alive servers are added, servers that left are removed. ``ServerConsensus``
+alive servers are added, servers that left are removed. A server in
+bootstrap mode is not added while another one is in the pool (two dev agents
+that join stay two clusters, as Consul refuses the same). ``ServerConsensus``
 is the agent's ``IConsensus``: writes on a follower are forwarded to the
 leader (RPC ``Raft.Apply``); reads answer from the local store, which may be
 stale on a follower.
@@ -63,6 +68,7 @@ class ServerInfo:
     id: str
     address: str
     status: MemberStatus
+    bootstrap: bool = False
 
 
 class ClusterReconciler(Reconciler):
@@ -160,6 +166,7 @@ class Servers(MultiService):
         self.transport: RaftTransport | None = None
         self.node: RaftNode | None = None
         self._loop: LoopingCall | None = None
+        self._polls: list[LoopingCall] = []
         self._deciding = False
         self._was_leader = False
 
@@ -179,8 +186,13 @@ class Servers(MultiService):
             self.transport.me = self.me
             self.listener.set_raft_handler(self.transport.handle_inbound)
         self.transport.startService()
-        if agent.config.dev:
+        if agent.config.bootstrap:
             self._start_node([self.me])
+        elif not agent.config.bootstrap_expect:
+            self.log.info(
+                "no bootstrap or bootstrap_expect: waiting to be added to a cluster"
+                " (the agent is ready once it has a leader)"
+            )
         self._loop = LoopingCall(self._tick)
         self._loop.clock = self._reactor
         self._loop.start(TICK, now=False).addErrback(
@@ -188,9 +200,11 @@ class Servers(MultiService):
         )
 
     def stopService(self) -> Deferred[Any]:
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
+        for loop in [self._loop, *self._polls]:
+            if loop is not None and loop.running:
+                loop.stop()  # a when_leader() still waiting never fires: the agent is stopping
         self._loop = None
+        self._polls = []
         if self.transport is not None:
             self.transport.receive = None  # frames still arriving must not reach a stopped node
         d: Deferred[Any] = super().stopService()  # the node (if started), then the listener
@@ -234,11 +248,13 @@ class Servers(MultiService):
         def check() -> None:
             if self._has_leader():
                 poll.stop()
+                self._polls.remove(poll)
                 d.callback(None)
 
         poll = LoopingCall(check)
         poll.clock = self._reactor
         poll.start(0.05, now=False).addErrback(d.errback)
+        self._polls.append(poll)
         return d
 
     def _has_leader(self) -> bool:
@@ -265,7 +281,15 @@ class Servers(MultiService):
             if tags.get("role") != "consul" or tags.get("dc", dc) != dc or not port.isdigit():
                 continue
             address = f"{member.address[0]}:{port}"
-            out.append(ServerInfo(member.name, tags.get("id", ""), address, member.status))
+            out.append(
+                ServerInfo(
+                    member.name,
+                    tags.get("id", ""),
+                    address,
+                    member.status,
+                    tags.get("bootstrap") == "1",
+                )
+            )
         return out
 
     def _tick(self) -> None:
@@ -310,6 +334,10 @@ class Servers(MultiService):
         config = set(node.peers())
         servers = self.servers()
         alive = {s.address for s in servers if s.status == MemberStatus.ALIVE}
+        bootstrapping = [s for s in servers if s.bootstrap and s.status == MemberStatus.ALIVE]
+        if len(bootstrapping) > 1:
+            # two servers that each elect themselves: never mix their logs
+            alive -= {s.address for s in bootstrapping} - config
         left = {s.address for s in servers if s.status == MemberStatus.LEFT} - alive
         change: set[str] | None = None
         for address in sorted(alive - config):

@@ -56,7 +56,7 @@ class GossipAgentTestCase(TestCase):
     timeout = 30
 
     async def agent(self, name: str, server: bool = False, **flags: Any) -> Agent:
-        """A server (dev mode) or client agent with fast LAN and WAN timing."""
+        """A server (dev mode, or bootstrap mode on disk) or client agent with fast timing."""
         flags.setdefault("gossip_lan", FAST)
         flags.setdefault("gossip_wan", FAST)
         flags["server"] = server
@@ -64,6 +64,10 @@ class GossipAgentTestCase(TestCase):
             flags["dev"] = False
         if not flags.get("dev", server):
             flags.setdefault("data_dir", self.mktemp())
+        if server and not flags.get("dev", True):
+            # a one-server cluster on disk, its RPC port free
+            flags.setdefault("bootstrap", True)
+            flags["ports"] = {"server": 0, **flags.get("ports", {})}
         return await start_agent(self, reactor, node_name=name, **flags)
 
     async def http(

@@ -46,7 +46,7 @@ class TwistdTests(TestCase):
     def test_two_agents_side_by_side_with_their_own_ports_and_data(self) -> Any:
         agents = []
         for name in ("a1", "a2"):
-            port = free_port()
+            port, server_port = free_port(), free_port()
             proto = self.start(
                 "--node",
                 name,
@@ -55,13 +55,16 @@ class TwistdTests(TestCase):
                 "--data-dir",
                 self.mktemp_dir(),
                 "--server",
+                "--bootstrap",
+                "--server-port",
+                str(server_port),
                 "--dns-port",
                 str(free_port()),
             )
-            agents.append((port, proto))
-        for port, proto in agents:
+            agents.append((port, server_port, proto))
+        for port, server_port, proto in agents:
             leader = yield defer.ensureDeferred(wait_for_leader(reactor, port, proto))
-            self.assertEqual(json.loads(leader), "127.0.0.1:8300")
+            self.assertEqual(json.loads(leader), f"127.0.0.1:{server_port}")
         a = yield defer.ensureDeferred(self.put_and_get(agents[0][0], "k", b"one"))
         b = yield defer.ensureDeferred(self.put_and_get(agents[1][0], "k", b"two"))
         self.assertEqual((a, b), (b"one", b"two"))
