@@ -6,6 +6,7 @@ time and replays exactly from its seed; wall times are indicative only.
     python bench/gossip_sim.py scale --nodes 100 1000 --seeds 1 2 3
     python bench/gossip_sim.py scale --nodes 10000 --seeds 1
     python bench/gossip_sim.py lifeguard --slow 1 2 4 8 --minutes 5 --seeds 1 2 3
+    python bench/gossip_sim.py loss --nodes 1000 --loss 0.05 0.1 0.2 --minutes 5
 
 ``scale`` starts a converged pool (``SimCluster(bootstrap=True)``) at LAN
 defaults with 5% packet loss, measures bytes per node per second over a quiet
@@ -14,6 +15,10 @@ false positives over the whole run. The dissemination constant lambda is the slo
 receipt in gossip periods (0.2 s) over log10(n + 1). ``lifeguard`` is Lifeguard's experiment:
 100 members, some of them slow (their inbox is handled seconds late while
 their timers fire on time), with awareness and dynamic suspicion off and on.
+``loss`` is FAULTS test 9 in simulation: a converged pool under random packet
+loss for some virtual minutes, a user event fired every 10 s by a random
+member; it counts members wrongly declared dead and times each event's spread
+to every member (lambda per event as above).
 """
 
 from __future__ import annotations
@@ -226,6 +231,69 @@ def run_lifeguard(args: argparse.Namespace) -> None:
         )
 
 
+@attrs.frozen
+class LossResult:
+    false_deaths: int
+    events: int
+    reached_all: int
+    spread_p50: float
+    spread_max: float
+    lambda_max: float
+    wall: float
+    cpu: float
+
+
+def loss_run(seed: int, n: int, loss: float, minutes: float) -> LossResult:
+    wall, cpu = time.monotonic(), time.process_time()
+    cluster = SimCluster(seed, n, loss=loss, bootstrap=True)
+    gc.collect()
+    gc.freeze()
+    cluster.run(10)
+    rng = random.Random(seed)
+    fired: dict[int, float] = {}
+    end = cluster.clock.seconds() + minutes * 60
+    ltime = 0
+    while cluster.clock.seconds() + 10 <= end:
+        ltime += 1
+        fired[ltime] = cluster.clock.seconds()
+        cluster.fire_event(f"node-{rng.randrange(n)}", ltime, f"event-{ltime}", b"")
+        cluster.run(10)
+    cluster.run(max(0.0, end - cluster.clock.seconds()))
+    receipts: dict[int, list[float]] = {}
+    for t, _, lt in cluster.deliveries:
+        receipts.setdefault(lt, []).append(t - fired[lt])
+    spreads = [max(r) for lt, r in receipts.items() if len(r) == n]
+    gc.unfreeze()
+    periods = cluster.config.gossip_interval * math.log10(n + 1)
+    return LossResult(
+        len(cluster.false_positives()),
+        len(fired),
+        len(spreads),
+        statistics.median(spreads) if spreads else float("nan"),
+        max(spreads) if spreads else float("nan"),
+        max(spreads) / periods if spreads else float("nan"),
+        time.monotonic() - wall,
+        time.process_time() - cpu,
+    )
+
+
+def run_loss(args: argparse.Namespace) -> None:
+    print(
+        "FAULTS test 9 (simulation): 0 false deaths at 5% loss; dissemination to all "
+        "members within ~lambda * log10(n + 1) gossip periods (lambda reported)"
+    )
+    for loss in args.loss:
+        for seed in args.seeds:
+            r = loss_run(seed, args.nodes, loss, args.minutes)
+            print(
+                f"n={args.nodes} loss={loss:.0%} seed={seed} {args.minutes:g} min: "
+                f"false deaths={r.false_deaths}; events reaching all {r.reached_all}/{r.events}, "
+                f"spread p50={r.spread_p50:.2f} max={r.spread_max:.2f} s, "
+                f"lambda(max)={r.lambda_max:.2f}; wall {r.wall:.0f} s (cpu {r.cpu:.0f} s)",
+                flush=True,
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command", required=True)
@@ -241,9 +309,16 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[1])
     p.add_argument("--delay", type=float, nargs=2, default=[0.5, 10.0], help="inbox delay range")
     p.add_argument("--lengths", type=float, nargs=2, default=[5.0, 20.0], help="episode lengths")
+    p = sub.add_parser("loss")
+    p.add_argument("--nodes", type=int, default=1000)
+    p.add_argument("--loss", type=float, nargs="+", default=[0.05, 0.1, 0.2])
+    p.add_argument("--minutes", type=float, default=5)
+    p.add_argument("--seeds", type=int, nargs="+", default=[1])
     args = parser.parse_args()
     if args.command == "scale":
         run_scale(args)
+    elif args.command == "loss":
+        run_loss(args)
     else:
         run_lifeguard(args)
 
