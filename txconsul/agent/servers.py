@@ -34,6 +34,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from txconsul.agent.endpoints import ServerEndpoints
 from txconsul.agent.reconcile import Reconciler
 from txconsul.errors import BadRequest, NoLeader, NotFound, TxConsulError
 from txconsul.gossip.serf import MemberEvent, MemberStatus
@@ -139,6 +140,7 @@ class Servers(MultiService):
         self.dispatcher.register("Status.Peers", lambda body: self.consensus.peers())
         self.dispatcher.register("Status.Leader", lambda body: self.consensus.leader_address())
         self.dispatcher.register("Operator.RaftRemovePeerByAddress", self._rpc_remove_peer)
+        ServerEndpoints(agent).install(self.dispatcher)  # what clients and followers ask
         # a dev server is its own cluster: it needs no port (and tests run many at once)
         self.listener: RPCListener | None = None
         if not c.dev:
