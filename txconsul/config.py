@@ -64,6 +64,8 @@ class AgentConfig:
     join: tuple[str, ...] = ()
     retry_join: tuple[str, ...] = ()
     retry_interval: float = 30.0
+    #: rejoin the pools from the member snapshot even after a graceful leave
+    rejoin_after_leave: bool = False
     #: Consul's ``gossip_lan`` / ``gossip_wan`` overrides, as memberlist settings.
     gossip_lan: Mapping[str, float] = attrs.field(factory=dict)
     gossip_wan: Mapping[str, float] = attrs.field(factory=dict)
@@ -298,7 +300,7 @@ def build(raw: Mapping[str, Any], what: str = "configuration") -> AgentConfig:
         if not all(isinstance(v, str) for v in meta.values()):
             raise ConfigError(f"{what}: node_meta values must be strings")
         kw["node_meta"] = dict(meta)
-    for key in ("enable_script_checks", "enable_local_script_checks"):
+    for key in ("enable_script_checks", "enable_local_script_checks", "rejoin_after_leave"):
         if key in raw:
             kw[key] = _type(raw, key, bool, what)
     if "check_update_interval" in raw:

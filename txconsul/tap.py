@@ -49,6 +49,7 @@ class Options(usage.Options):
         ["dev", None, "Development mode: one server, data in memory, UI on."],
         ["server", None, "Run in server mode."],
         ["ui", None, "Serve the web UI."],
+        ["rejoin", None, "Rejoin the pools from the member snapshot even after a leave."],
     ]
     optParameters = [
         ["dc", None, None, "Datacenter of this agent (default dc1)."],
@@ -102,6 +103,8 @@ class Options(usage.Options):
             out["server"] = True
         if self["ui"]:
             out["ui"] = True
+        if self["rejoin"]:
+            out["rejoin_after_leave"] = True
         names = {
             "datacenter": "datacenter",
             "dc": "datacenter",

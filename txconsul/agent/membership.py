@@ -10,8 +10,9 @@ subscribers (the catalog reconciliation of ``txconsul.agent.reconcile``).
 
 from __future__ import annotations
 
+import os
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -24,12 +25,22 @@ from twisted.logger import Logger
 from txconsul import CONSUL_VERSION
 from txconsul.config import DEFAULT_PORTS
 from txconsul.errors import BadRequest, TxConsulError
-from txconsul.gossip import wire
+from txconsul.gossip import snapshot, wire
 from txconsul.gossip.adapter import GossipPool, Monotonic
-from txconsul.gossip.keyring import Keyring, decode_key
+from txconsul.gossip.keyring import Keyring, decode_key, read_keyring_file, write_keyring_file
 from txconsul.gossip.memberlist import Address, GossipConfig, Node
 from txconsul.gossip.messages import DEFAULT_VSN
-from txconsul.gossip.serf import LEAVE, Member, MemberEvent, MemberStatus, Serf, UserEvent
+from txconsul.gossip.serf import (
+    LEAVE,
+    KeyResponse,
+    Member,
+    MemberEvent,
+    MemberStatus,
+    QueryHandle,
+    Serf,
+    UserEvent,
+    key_response,
+)
 from txconsul.gossip.states import MemberState
 
 if TYPE_CHECKING:
@@ -52,8 +63,23 @@ class ConsulSerf(Serf):
     have produced events, and it can force a member out.
     """
 
-    def __init__(self, name: str, tags: Mapping[str, str], retransmit_mult: int) -> None:
-        super().__init__(name, tags, retransmit_mult)
+    def __init__(
+        self,
+        name: str,
+        tags: Mapping[str, str],
+        retransmit_mult: int,
+        snapshot: snapshot.SnapshotFile | None = None,
+        keyring: Keyring | None = None,
+        save_keyring: Callable[[Keyring], None] | None = None,
+    ) -> None:
+        super().__init__(
+            name,
+            tags,
+            retransmit_mult,
+            snapshot=snapshot,
+            keyring=keyring,
+            save_keyring=save_keyring,
+        )
         self.changed: Callable[[], None] = lambda: None
 
     def notify_msg(self, now: float, payload: bytes) -> None:
@@ -101,6 +127,23 @@ class SerfPool:
     serf: ConsulSerf
     gossip: GossipPool
     keyring: Keyring | None
+    #: ``data_dir/serf/local.snapshot`` or ``remote.snapshot``; none in dev mode
+    snapshot: snapshot.SnapshotFile | None = None
+    #: the members alive when the agent last stopped without leaving
+    previous: list[Address] = attrs.field(factory=list)
+
+
+#: the pools' keyrings in the data directory, as Consul names them
+KEYRING_FILES = {
+    False: os.path.join("serf", "local.keyring"),
+    True: os.path.join("serf", "remote.keyring"),
+}
+
+#: serf's member snapshots in the data directory, as Consul names them
+SNAPSHOT_FILES = {
+    False: os.path.join("serf", "local.snapshot"),
+    True: os.path.join("serf", "remote.snapshot"),
+}
 
 
 def gossip_config(base: GossipConfig, overrides: Mapping[str, float]) -> GossipConfig:
@@ -189,14 +232,24 @@ class Membership(Service):
             self.wan = self._pool(wan=True)
         self.lan = self._pool(wan=False)
         super().startService()
+        for pool in self.pools():
+            if pool.previous:
+                self._background(self._rejoin(pool))
 
     def _pool(self, wan: bool) -> SerfPool:
         c = self._agent.config
         name = f"{c.node_name}.{c.datacenter}" if wan else c.node_name
         base = GossipConfig.wan() if wan else GossipConfig.lan()
         config = gossip_config(base, c.gossip_wan if wan else c.gossip_lan)
-        serf = ConsulSerf(name, self.tags(wan), config.retransmit_mult)
-        keyring = Keyring([decode_key(c.encrypt)]) if c.encrypt else None
+        snap, state = None, snapshot.SnapshotState()
+        if c.data_dir:
+            path = os.path.join(c.data_dir, SNAPSHOT_FILES[wan])
+            state = snapshot.load(path, c.rejoin_after_leave)
+            snap = snapshot.SnapshotFile(path, state, c.rejoin_after_leave)
+        keyring, save = self._keyring(wan)
+        serf = ConsulSerf(name, self.tags(wan), config.retransmit_mult, snap, keyring, save)
+        if state.clock or state.event_clock or state.query_clock:
+            serf.restore(state.clock, state.event_clock, state.query_clock)
         port = c.ports["serf_wan" if wan else "serf_lan"]
         gossip = GossipPool(
             self._agent.reactor,
@@ -209,7 +262,7 @@ class Membership(Service):
             delegate=serf,
             keyring=keyring,
         )
-        pool = SerfPool(wan, serf, gossip, keyring)
+        pool = SerfPool(wan, serf, gossip, keyring, snap, state.rejoin())
         serf.changed = lambda: self._dispatch(pool)
         gossip.startService()
         self.log.info(
@@ -220,12 +273,44 @@ class Membership(Service):
         )
         return pool
 
+    def _keyring(self, wan: bool) -> tuple[Keyring | None, Callable[[Keyring], None] | None]:
+        """
+        The pool's keyring and how to save it, as Consul sets them up: with a
+        data directory the keyring lives in ``serf/local.keyring`` (or
+        ``remote.keyring``), created from ``encrypt`` the first time and
+        preferred to ``encrypt`` afterwards, so that keys installed at run time
+        survive a restart.
+        """
+        c = self._agent.config
+        if not c.data_dir:
+            return (Keyring([decode_key(c.encrypt)]) if c.encrypt else None), None
+        path = os.path.join(c.data_dir, KEYRING_FILES[wan])
+        if os.path.exists(path):
+            keyring = Keyring(read_keyring_file(path))
+            if c.encrypt and decode_key(c.encrypt) not in keyring.keys:
+                self.log.warn(
+                    "{which} keyring {path} does not include the key given with encrypt; "
+                    "using the keyring",
+                    which="WAN" if wan else "LAN",
+                    path=path,
+                )
+        elif c.encrypt:
+            keyring = Keyring([decode_key(c.encrypt)])
+            write_keyring_file(path, keyring)
+        else:
+            return None, None
+        return keyring, lambda k: write_keyring_file(path, k)
+
     def stopService(self) -> Deferred[Any]:
         super().stopService()
         for d in self._retrying:
             d.cancel()
         self._retrying = []
         stopping = [p.gossip.stopService() for p in self.pools()]
+        for pool in self.pools():
+            pool.serf.close_queries()
+            if pool.snapshot is not None:
+                pool.snapshot.close()
         self.lan = self.wan = None
         return gatherResults(stopping)
 
@@ -339,10 +424,35 @@ class Membership(Service):
             if not n:
                 raise JoinFailed(f"start_join: none of {', '.join(c.join)} answered")
         if c.retry_join:
-            d = ensureDeferred(self._retry_join(list(c.retry_join), c.retry_interval))
-            self._retrying.append(d)
-            d.addErrback(lambda f: f.trap(CancelledError))
-            d.addBoth(lambda r: self._retrying.remove(d) if d in self._retrying else None)
+            self._background(self._retry_join(list(c.retry_join), c.retry_interval))
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` until it ends or the service stops."""
+        d = ensureDeferred(work)
+        self._retrying.append(d)
+        d.addErrback(lambda f: f.trap(CancelledError))
+        d.addBoth(lambda r: self._retrying.remove(d) if d in self._retrying else None)
+
+    async def _rejoin(self, pool: SerfPool) -> None:
+        """
+        Join the members recorded in the snapshot, one at a time in random
+        order, until one answers (serf's rejoin after a restart).
+        """
+        which = "WAN" if pool.wan else "LAN"
+        addresses = list(pool.previous)
+        self._rng.shuffle(addresses)
+        for address in addresses:
+            if pool.gossip.node is None or pool.gossip.node.core.stopped:
+                return
+            self.log.info(
+                "rejoining the {which} pool at {addr}", which=which, addr="%s:%d" % address
+            )
+            if await pool.gossip.join([address]):
+                self.log.info(
+                    "rejoined the {which} pool at {addr}", which=which, addr="%s:%d" % address
+                )
+                return
+        self.log.warn("could not rejoin any previously known {which} member", which=which)
 
     async def _retry_join(self, addresses: list[str], interval: float) -> None:
         attempt = 1
@@ -403,7 +513,7 @@ class Membership(Service):
             await deferLater(self._agent.reactor, step, lambda: None)
             waited += step
 
-    # -- keyring (this agent's pools only) --------------------------------------------
+    # -- keyring ----------------------------------------------------------------------
 
     def keyrings(self) -> list[SerfPool]:
         """The pools with encryption on; ``TxConsulError`` when there is none."""
@@ -411,3 +521,33 @@ class Membership(Service):
         if not pools:
             raise TxConsulError("Gossip encryption is not enabled on this agent")
         return pools
+
+    def keyring_operation(
+        self, op: str, key: bytes | None = None
+    ) -> Deferred[list[tuple[SerfPool, KeyResponse]]]:
+        """
+        ``install``, ``use`` or ``remove`` ``key`` on every member of each
+        encrypted pool, or ``list`` their keys, through serf's internal key
+        queries; fires with each pool's summed-up answers once every member
+        answered or the query timed out.
+        """
+        pools = self.keyrings()
+        queries = [self._key_query(pool, op, key) for pool in pools]
+        return gatherResults(queries).addCallback(
+            lambda answers: list(zip(pools, answers, strict=True))
+        )
+
+    def _key_query(self, pool: SerfPool, op: str, key: bytes | None) -> Deferred[KeyResponse]:
+        done: Deferred[KeyResponse] = Deferred()
+        handle = pool.serf.key_query(self._monotonic(), op, key)
+        num_nodes = pool.gossip.core.num_members()
+
+        def watch(h: QueryHandle) -> None:
+            if not done.called and (h.closed or len(h.responses) >= num_nodes):
+                h.watcher = None
+                done.callback(key_response(h, num_nodes))
+
+        handle.watcher = watch
+        pool.gossip.flush()  # sends the query and arms the timer for its deadline
+        watch(handle)  # our own answer is in already
+        return done

@@ -3,7 +3,7 @@
 ``txconsul keygen`` and ``txconsul keyring``: gossip encryption keys.
 
 ``keygen`` needs no agent; ``keyring`` goes through ``/v1/operator/keyring``,
-which in txconsul changes the keyrings of the agent it talks to only.
+which asks every member of the agent's pools through serf's key queries.
 """
 
 from __future__ import annotations
@@ -35,8 +35,14 @@ class Keygen(Command):
 
 class Keyring(HTTPCommand):
     synopsis = "txconsul keyring [options] -list | -install KEY | -use KEY | -remove KEY"
-    longdesc = "List, install, make primary or remove the agent's gossip encryption keys."
-    optFlags = [["list", None, "List the installed keys."]]
+    longdesc = (
+        "List, install, make primary or remove the gossip encryption keys of every "
+        "member of the pools."
+    )
+    optFlags = [
+        ["list", None, "List the installed keys."],
+        ["local-only", None, "With -list: only this agent's keys, asking nobody."],
+    ]
     optParameters = [
         ["install", None, None, "Install a new key (base64)."],
         ["use", None, None, "Make an installed key the primary one."],
@@ -55,11 +61,14 @@ class Keyring(HTTPCommand):
         if len(chosen) != 1:
             raise usage.UsageError("Exactly one of -list, -install, -use or -remove is required")
         self.action = chosen[0]
+        if self["local-only"] and self.action != "list":
+            raise usage.UsageError("-local-only can only be used with -list")
 
     async def call(self, ctx: Context, client: AgentClient) -> int:
         if self.action == "list":
             ctx.out("==> Gathering installed encryption keys...")
-            pools: list[dict[str, Any]] = await client.get_json("/v1/operator/keyring")
+            params = [("local-only", "true")] if self["local-only"] else []
+            pools: list[dict[str, Any]] = await client.get_json("/v1/operator/keyring", params)
             for pool in pools:
                 ctx.out("")
                 ctx.out("WAN:" if pool.get("WAN") else f"{pool.get('Datacenter', '')} (LAN):")

@@ -2,12 +2,18 @@
 """
 memberlist's AES-GCM packet and stream encryption with a rotating keyring
 (spec sections 4.5 and 5.5): the primary key seals, every key may open.
+
+A keyring is kept on disk as serf and Consul keep it (``data_dir/serf/local.keyring``):
+a JSON array of base64 keys, the primary first. The errors of ``install``,
+``use`` and ``remove`` carry memberlist's words, since they travel to serf
+agents in key query responses.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import json
 import os
 import struct
 
@@ -53,19 +59,19 @@ class Keyring:
 
     def install(self, key: bytes) -> None:
         if len(key) not in (16, 24, 32):
-            raise KeyringError("a key is 16, 24 or 32 bytes")
+            raise KeyringError("key size must be 16, 24 or 32 bytes")
         if key not in self.keys:
             self.keys.append(key)
 
     def use(self, key: bytes) -> None:
         if key not in self.keys:
-            raise KeyringError("the key is not installed")
+            raise KeyringError("Requested key is not in the keyring")
         self.keys.remove(key)
         self.keys.insert(0, key)
 
     def remove(self, key: bytes) -> None:
         if key == self.keys[0]:
-            raise KeyringError("the primary key cannot be removed")
+            raise KeyringError("Removing the primary key is not allowed")
         if key in self.keys:
             self.keys.remove(key)
 
@@ -109,3 +115,38 @@ class Keyring:
         if len(buffer) < end:
             raise Incomplete("encrypted stream body")
         return self._open(buffer[_STREAM_HEADER.size : end], buffer[: _STREAM_HEADER.size]), end
+
+
+def encode_key(key: bytes) -> str:
+    return base64.b64encode(key).decode("ascii")
+
+
+def read_keyring_file(path: str) -> list[bytes]:
+    """The keys of a keyring file, primary first; ``KeyringError`` naming the file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except OSError as e:
+        raise KeyringError(f"Failed to read keyring file {path}: {e.strerror}") from e
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise KeyringError(f"Failed to decode keyring file {path}: not a JSON list") from e
+    if not isinstance(data, list) or not all(isinstance(k, str) for k in data):
+        raise KeyringError(f"Failed to decode keyring file {path}: not a list of keys")
+    if not data:
+        raise KeyringError(f"Keyring file {path} contains no keys")
+    try:
+        return [decode_key(k) for k in data]
+    except KeyringError as e:
+        raise KeyringError(f"Failed to decode key from keyring file {path}: {e}") from e
+
+
+def write_keyring_file(path: str, keyring: Keyring) -> None:
+    """Save ``keyring`` to ``path`` atomically, readable by its owner only."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump([encode_key(k) for k in keyring.keys], f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -463,6 +463,10 @@ class Memberlist:
     def members(self) -> list[Node]:
         return list(self.nodes.values())
 
+    def num_members(self) -> int:
+        """Members not dead or left, ourselves included (memberlist's NumMembers)."""
+        return sum(1 for n in self.nodes.values() if not dead_or_left(n.state))
+
     def alive_count(self) -> int:
         return sum(1 for n in self.nodes.values() if n.state == MemberState.ALIVE)
 

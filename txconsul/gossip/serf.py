@@ -12,19 +12,21 @@ import enum
 import math
 import random
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import attrs
 
 from txconsul.gossip import wire
 from txconsul.gossip.broadcast import BroadcastQueue
+from txconsul.gossip.keyring import Keyring, KeyringError, encode_key
 from txconsul.gossip.memberlist import Memberlist, Node
 from txconsul.gossip.messages import ip_text
 from txconsul.gossip.states import MemberState
 from txconsul.gossip.wire import MalformedPacket
 
 LEAVE, JOIN, PUSH_PULL, USER_EVENT, QUERY, QUERY_RESPONSE = 0, 1, 2, 3, 4, 5
+KEY_REQUEST, KEY_RESPONSE = 7, 8
 TAG_MAGIC = 0xFF
 EVENT_BUFFER = 512
 QUERY_BUFFER = 512
@@ -35,6 +37,15 @@ QUERY_FLAG_ACK = 1
 QUERY_FLAG_NO_BROADCAST = 2
 FILTER_NODE, FILTER_TAG = 0, 1
 INTERNAL_QUERY_PREFIX = "_serf_"
+#: keyring operations and the internal queries that carry them (spec 9.7)
+KEY_QUERIES = {
+    "install": "_serf_install-key",
+    "use": "_serf_use-key",
+    "remove": "_serf_remove-key",
+    "list": "_serf_list-keys",
+}
+#: serf's bound for one base64 key in a list-keys response, with its framing
+MIN_ENCODED_KEY_LENGTH = 25
 
 
 #: ping payload version 1 + serf's coordinate of a node that has measured nothing yet
@@ -159,9 +170,71 @@ class QueryHandle:
     deadline: float
     acks: set[str] = attrs.field(factory=set)
     responses: dict[str, bytes] = attrs.field(factory=dict)
+    #: set once the deadline has passed (``Serf.tick``) or the member stopped
+    closed: bool = False
+    #: called after each ack or response and once when the query closes
+    watcher: Callable[[QueryHandle], None] | None = None
 
     def open(self, now: float) -> bool:
-        return now <= self.deadline
+        return not self.closed and now <= self.deadline
+
+    def _changed(self) -> None:
+        if self.watcher is not None:
+            self.watcher(self)
+
+
+@attrs.frozen
+class KeyResponse:
+    """A keyring operation's answers from the pool, summed up as serf's KeyManager does."""
+
+    num_nodes: int
+    num_resp: int
+    num_err: int
+    messages: dict[str, str]
+    keys: dict[str, int]
+    primary_keys: dict[str, int]
+
+    def error(self) -> str | None:
+        """serf's verdict: ``None``, or how many members failed or did not answer."""
+        if self.num_err:
+            return f"{self.num_err}/{self.num_nodes} nodes reported failure"
+        if self.num_resp != self.num_nodes:
+            return f"{self.num_resp}/{self.num_nodes} nodes reported success"
+        return None
+
+
+def key_response(handle: QueryHandle, num_nodes: int) -> KeyResponse:
+    """Sum up the responses to a key query (serf's ``streamKeyResp``)."""
+    messages: dict[str, str] = {}
+    keys: dict[str, int] = {}
+    primary: dict[str, int] = {}
+    errors = 0
+    for sender, payload in sorted(handle.responses.items()):
+        try:
+            if not payload or payload[0] != KEY_RESPONSE:
+                raise MalformedPacket("Invalid key query response type")
+            body, _ = wire.unpack_one(payload, 1)
+            if not isinstance(body, dict):
+                raise MalformedPacket("Failed to decode key query response")
+            message = _text(body, b"Message")
+            listed = [
+                k.decode("ascii", "replace") for k in _list(body, b"Keys") if isinstance(k, bytes)
+            ]
+            primary_key = _text(body, b"PrimaryKey")
+        except MalformedPacket as e:
+            messages[sender] = str(e)
+            errors += 1
+            continue
+        if body.get(b"Result") is not True:
+            messages[sender] = message
+            errors += 1
+        elif message:
+            messages[sender] = message
+        for key in listed:
+            keys[key] = keys.get(key, 0) + 1
+        if primary_key:
+            primary[primary_key] = primary.get(primary_key, 0) + 1
+    return KeyResponse(num_nodes, len(handle.responses), errors, messages, keys, primary)
 
 
 def _msg(kind: int, body: dict[str, Any]) -> bytes:
@@ -219,12 +292,22 @@ class Serf:
         config: SerfConfig | None = None,
         rng: random.Random | None = None,
         snapshot: SnapshotWriter | None = None,
+        keyring: Keyring | None = None,
+        save_keyring: Callable[[Keyring], None] | None = None,
     ) -> None:
+        """
+        :param keyring: the pool's keyring (shared with its codec), which the
+            internal key queries change; ``None`` when encryption is off.
+        :param save_keyring: persists the keyring after each change; an
+            ``OSError`` makes the change answer as failed.
+        """
         self.name = name
         self.tags = dict(tags)
         self.config = config if config is not None else SerfConfig()
         self.rng = rng if rng is not None else random.Random(name)
         self.snapshot = snapshot
+        self.keyring = keyring
+        self.save_keyring = save_keyring
         self._saved_clocks = (0, 0, 0)
         self.event_min_time = 0
         self.query_min_time = 0
@@ -297,6 +380,7 @@ class Serf:
     def next_deadline(self) -> float:
         """When ``tick`` should next run (the adapter arms one timer for both cores)."""
         times = [self._next_reap, self._next_reconnect, self._next_clock_save]
+        times += [h.deadline for h in self._queries.values()]
         return min((t for t in times if t is not None), default=0.0)
 
     def tick(self, now: float) -> list[tuple[str, int]]:
@@ -319,9 +403,18 @@ class Serf:
                 self._next_clock_save = now + cfg.clock_save_interval
                 self._save_clocks()
         for key, handle in list(self._queries.items()):
-            if now > handle.deadline:
+            if now >= handle.deadline:
                 del self._queries[key]
+                handle.closed = True
+                handle._changed()
         return targets
+
+    def close_queries(self) -> None:
+        """Close every open query (the member is stopping): watchers hear it once."""
+        queries, self._queries = list(self._queries.values()), {}
+        for handle in queries:
+            handle.closed = True
+            handle._changed()
 
     def reap(self, now: float) -> None:
         """Forget failed members after reconnect_timeout and left ones after tombstone_timeout."""
@@ -409,6 +502,14 @@ class Serf:
         self.notify_msg(now, message)  # we are a member too: witness, maybe answer
         return handle
 
+    def key_query(self, now: float, op: str, key: bytes | None = None) -> QueryHandle:
+        """
+        Ask every member to ``install``, ``use`` or ``remove`` ``key``, or to
+        ``list`` its keys (serf's KeyManager); sum up the handle with ``key_response``.
+        """
+        payload = bytes([KEY_REQUEST]) + wire.pack({"Key": key or b""})
+        return self.query(now, KEY_QUERIES[op], payload, ack=False)
+
     def default_query_timeout(self) -> float:
         assert self.memberlist is not None
         n = max(len(self.members), 1)
@@ -467,14 +568,69 @@ class Serf:
         name = _text(body, b"Name")
         if flags & QUERY_FLAG_ACK:
             self._send_direct(now, address, self._response(ltime, qid, QUERY_FLAG_ACK, None))
-        if name.startswith(INTERNAL_QUERY_PREFIX):
-            return  # _serf_ping and friends: the ack is the answer
         data = body.get(b"Payload") or b""
         if not isinstance(data, bytes):
             raise MalformedPacket("Payload is not bytes")
+        if name.startswith(INTERNAL_QUERY_PREFIX):
+            self._internal_query(now, name, data, ltime, qid, address)
+            return
         timeout = _u64(body, b"Timeout") / 1e9
         source = _text(body, b"SourceNode")
         self.queries.append(Query(ltime, qid, name, data, source, address, now + timeout))
+
+    def _internal_query(
+        self, now: float, name: str, data: bytes, ltime: int, qid: int, address: tuple[str, int]
+    ) -> None:
+        """Answer serf's own queries: the key queries; ``_serf_ping`` needs only the ack."""
+        op = next((op for op, query in KEY_QUERIES.items() if query == name), None)
+        if op is None:
+            return
+        result, message = self._key_operation(op, data)
+        keys: list[str] | None = None
+        primary = ""
+        if op == "list" and self.keyring is not None:
+            keys = [encode_key(k) for k in self.keyring.keys]
+            primary = encode_key(self.keyring.keys[0])
+        total = len(keys or [])
+        shown = min(total, QUERY_RESPONSE_SIZE_LIMIT // MIN_ENCODED_KEY_LENGTH)
+        while True:
+            if keys is not None and shown < total:
+                keys = keys[:shown]
+                message = f"truncated key list response, showing first {shown} of {total} keys"
+            body = {"Keys": keys, "Message": message, "PrimaryKey": primary, "Result": result}
+            response = self._response(ltime, qid, 0, bytes([KEY_RESPONSE]) + wire.pack(body))
+            if len(response) <= QUERY_RESPONSE_SIZE_LIMIT or not keys:
+                break
+            shown = len(keys) - 1
+        self._answered.add((ltime, qid))
+        self._send_direct(now, address, response)
+
+    def _key_operation(self, op: str, data: bytes) -> tuple[bool, str]:
+        """Change (or read) our keyring as a key query asks; :return: result and message."""
+        keyring = self.keyring
+        if op == "list":
+            if keyring is None:
+                return False, "Keyring is empty (encryption not enabled)"
+            return True, ""
+        try:
+            request, _ = wire.unpack_one(data, 1)
+            key = request.get(b"Key") if isinstance(request, dict) else None
+            if not isinstance(key, bytes):
+                raise MalformedPacket("no Key")
+        except MalformedPacket:
+            return False, "Failed to decode key request"
+        if keyring is None:
+            return False, "No keyring to modify (encryption not enabled)"
+        try:
+            getattr(keyring, op)(key)
+        except KeyringError as e:
+            return False, str(e)
+        if self.save_keyring is not None:
+            try:
+                self.save_keyring(keyring)
+            except OSError as e:
+                return False, f"Failed to write keyring file: {e.strerror or e}"
+        return True, ""
 
     def _filters_match(self, filters: Any) -> bool:
         if filters is None:
@@ -510,12 +666,16 @@ class Serf:
             return
         sender = _text(body, b"From")
         if _u64(body, b"Flags") & QUERY_FLAG_ACK:
-            handle.acks.add(sender)
+            if sender not in handle.acks:
+                handle.acks.add(sender)
+                handle._changed()
             return
         data = body.get(b"Payload") or b""
         if not isinstance(data, bytes):
             raise MalformedPacket("Payload is not bytes")
-        handle.responses.setdefault(sender, data)
+        if sender not in handle.responses:
+            handle.responses[sender] = data
+            handle._changed()
 
     def drain_queries(self) -> list[Query]:
         queries, self.queries = self.queries, []

@@ -7,12 +7,16 @@ serf's member snapshot (spec section 9.11): an append-only text file in
 file back into the members that were alive and the three Lamport clocks.
 The agent does, per pool::
 
-    state = snapshot.load(path)
-    serf = Serf(name, tags, snapshot=snapshot.SnapshotFile(path, state))
+    state = snapshot.load(path, rejoin_after_leave)
+    serf = Serf(name, tags, snapshot=snapshot.SnapshotFile(path, state, rejoin_after_leave))
     serf.restore(state.clock, state.event_clock, state.query_clock)
     ... start the pool ...
-    if state.rejoin():
-        pool.join(state.rejoin())
+    for address in state.rejoin():  # one at a time, until one answers
+        ...
+
+A recorded ``leave`` forgets the members, so an agent that left does not
+rejoin by itself; with ``rejoin_after_leave`` the leave is ignored, as serf's
+``-rejoin`` does.
 """
 
 from __future__ import annotations
@@ -35,9 +39,9 @@ class SnapshotState:
     query_clock: int = 0
     left: bool = False
 
-    def rejoin(self, after_leave: bool = False) -> list[tuple[str, int]]:
-        """Addresses to join on start: none after a recorded leave (unless asked)."""
-        if self.left and not after_leave:
+    def rejoin(self) -> list[tuple[str, int]]:
+        """Addresses to join on start: none after a recorded leave."""
+        if self.left:
             return []
         return sorted(set(self.alive.values()))
 
@@ -60,8 +64,11 @@ def _address(text: str) -> tuple[str, int] | None:
     return (host.strip("[]"), int(port))
 
 
-def parse(text: str) -> SnapshotState:
-    """Read snapshot lines; lines that do not parse are skipped, as serf does."""
+def parse(text: str, rejoin_after_leave: bool = False) -> SnapshotState:
+    """
+    Read snapshot lines; lines that do not parse are skipped, as serf does.
+    ``rejoin_after_leave`` ignores ``leave`` lines.
+    """
     state = SnapshotState()
     for line in text.splitlines():
         line = line.strip()
@@ -70,6 +77,8 @@ def parse(text: str) -> SnapshotState:
         key, _, value = line.partition(":")
         value = value.strip()
         if line == "leave":
+            if rejoin_after_leave:
+                continue
             state.left = True
             state.alive.clear()
         elif key == "alive":
@@ -85,35 +94,43 @@ def parse(text: str) -> SnapshotState:
     return state
 
 
-def load(path: str | os.PathLike[str]) -> SnapshotState:
+def load(path: str | os.PathLike[str], rejoin_after_leave: bool = False) -> SnapshotState:
     """The state in ``path``; an empty state if there is no file yet."""
     try:
         text = Path(path).read_text("utf-8", errors="replace")
     except FileNotFoundError:
         return SnapshotState()
-    return parse(text)
+    return parse(text, rejoin_after_leave)
 
 
 class SnapshotFile:
     """
     Appends serf's records to ``path`` (creating its directory), and rewrites
     the file from the state in memory once it grows past ``compact_at`` bytes.
+    After ``leave`` it records nothing more: what happens while the agent
+    leaves must not make it rejoin after a restart.
     """
 
     def __init__(
         self,
         path: str | os.PathLike[str],
         state: SnapshotState | None = None,
+        rejoin_after_leave: bool = False,
         compact_at: int = COMPACT_AT,
     ) -> None:
         self.path = Path(path)
-        self.state = state if state is not None else load(self.path)
+        self.rejoin_after_leave = rejoin_after_leave
+        self.state = state if state is not None else load(self.path, rejoin_after_leave)
+        self.state.left = False  # this run has not left (yet)
+        self._leaving = False
         self.compact_at = compact_at
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = self.path.open("a", encoding="utf-8")
         self._size = self.path.stat().st_size
 
     def _append(self, line: str) -> None:
+        if self._file.closed:
+            return  # the pool has stopped; a late timer has nothing to record
         self._file.write(line + "\n")
         self._file.flush()
         self._size += len(line) + 1
@@ -121,14 +138,14 @@ class SnapshotFile:
             self.compact()
 
     def alive(self, name: str, address: tuple[str, int]) -> None:
-        if self.state.alive.get(name) == address and not self.state.left:
+        if self._leaving or self.state.alive.get(name) == address:
             return
         self.state.alive[name] = address
         self.state.left = False
         self._append(f"alive: {name} {address[0]}:{address[1]}")
 
     def not_alive(self, name: str) -> None:
-        if self.state.alive.pop(name, None) is not None:
+        if not self._leaving and self.state.alive.pop(name, None) is not None:
             self._append(f"not-alive: {name}")
 
     def clocks(self, clock: int, event_clock: int, query_clock: int) -> None:
@@ -144,8 +161,10 @@ class SnapshotFile:
                 self._append(f"{key}: {value}")
 
     def leave(self) -> None:
-        self.state.left = True
-        self.state.alive.clear()
+        self._leaving = True
+        if not self.rejoin_after_leave:
+            self.state.left = True
+            self.state.alive.clear()
         self._append("leave")
 
     def compact(self) -> None:
@@ -159,4 +178,5 @@ class SnapshotFile:
         self._size = len(text.encode())
 
     def close(self) -> None:
-        self._file.close()
+        if not self._file.closed:
+            self._file.close()

@@ -3,31 +3,28 @@
 The gossip pools over HTTP: ``/v1/agent/members``, ``join``, ``leave``,
 ``force-leave`` and ``/v1/operator/keyring``.
 
-All of them act on this agent's own pools. The keyring endpoints change the
-keyrings of this agent only; Consul spreads them to every member with serf's
-internal key queries, which txconsul does not send yet.
+The keyring endpoints act on every member of this agent's encrypted pools
+(the LAN pool, and a server's WAN pool) through serf's internal key queries,
+and answer with the members' answers summed up as Consul does; ``GET
+?local-only`` lists this agent's own keys without asking anyone.
 """
 
 from __future__ import annotations
 
-import base64
 from typing import TYPE_CHECKING, Any
 
 from klein import Klein
 from twisted.internet.defer import Deferred
 from twisted.web.iweb import IRequest
 
-from txconsul.agent.membership import JoinFailed
+from txconsul.agent.membership import JoinFailed, SerfPool
 from txconsul.errors import BadRequest, TxConsulError
-from txconsul.gossip.keyring import KeyringError, decode_key
-from txconsul.http.app import flag, read_json, router
+from txconsul.gossip.keyring import KeyringError, decode_key, encode_key
+from txconsul.gossip.serf import KeyResponse
+from txconsul.http.app import arg, flag, parse_bool, read_json, router
 
 if TYPE_CHECKING:
     from txconsul.http.app import HTTPApi
-
-
-def _b64(key: bytes) -> str:
-    return base64.b64encode(key).decode("ascii")
 
 
 def install(app: Klein, api: HTTPApi) -> None:
@@ -74,49 +71,87 @@ def install(app: Klein, api: HTTPApi) -> None:
         except KeyringError as e:
             raise BadRequest(f"Invalid key: {e}") from None
 
-    def change(request: IRequest, verb: str) -> bytes:
+    def entry(pool: SerfPool, answer: KeyResponse) -> dict[str, Any]:
+        return {
+            "WAN": pool.wan,
+            "Datacenter": agent.config.datacenter,
+            "Segment": "",
+            "Partition": "",
+            "Keys": answer.keys,
+            "PrimaryKeys": answer.primary_keys,
+            "NumNodes": answer.num_nodes,
+            "NumResp": answer.num_resp,
+            "NumErr": answer.num_err,
+            "Messages": answer.messages,
+        }
+
+    def failures(answers: list[tuple[SerfPool, KeyResponse]]) -> None:
+        """Consul's error text for any pool where a member failed or did not answer."""
+        errors: list[str] = []
+        for pool, answer in answers:
+            error = answer.error()
+            if error is None:
+                continue
+            which = "WAN" if pool.wan else f"{agent.config.datacenter} (LAN)"
+            errors.append(f"{which} error: {error}")
+            errors += [f"{node}: {message}" for node, message in sorted(answer.messages.items())]
+        if errors:
+            noun = "error" if len(errors) == 1 else "errors"
+            lines = "".join(f"\t* {e}\n" for e in errors)
+            raise TxConsulError(f"{len(errors)} {noun} occurred:\n{lines}")
+
+    def ordered(answers: list[tuple[SerfPool, KeyResponse]]) -> list[tuple[SerfPool, KeyResponse]]:
+        return sorted(answers, key=lambda pa: not pa[0].wan)  # WAN first, as Consul
+
+    def local_only(request: IRequest) -> bool:
+        """Consul's ``?local-only=<bool>`` (an empty value is not set)."""
+        value = arg(request, b"local-only")
+        if not value:
+            return False
+        try:
+            return parse_bool(value, "local-only")
+        except BadRequest:
+            raise BadRequest(f"Error parsing local-only: invalid syntax {value!r}") from None
+
+    def change(request: IRequest, op: str) -> Deferred[bytes]:
+        if local_only(request):
+            raise BadRequest(
+                "Invalid use of local-only: local-only can only be set for GET requests"
+            )
         key = key_arg(request)
-        pools = membership.keyrings()
-        if verb == "use" and any(key not in p.keyring.keys for p in pools if p.keyring):
-            raise TxConsulError("Requested key is not in the keyring")
-        for pool in pools:
-            assert pool.keyring is not None
-            try:
-                getattr(pool.keyring, verb)(key)
-            except KeyringError as e:
-                raise TxConsulError(str(e).capitalize()) from None
-        return b""
+
+        def done(answers: list[tuple[SerfPool, KeyResponse]]) -> bytes:
+            failures(ordered(answers))
+            return b""
+
+        return membership.keyring_operation(op, key).addCallback(done)
 
     @route("/v1/operator/keyring", methods=["GET"])
-    def list_keys(request: IRequest) -> bytes:
-        c = agent.config
-        out: list[dict[str, Any]] = []
-        for pool in membership.keyrings():
-            assert pool.keyring is not None
-            keys = pool.keyring.keys
-            out.append(
-                {
-                    "WAN": pool.wan,
-                    "Datacenter": c.datacenter,
-                    "Segment": "",
-                    "Partition": "",
-                    "Keys": {_b64(k): 1 for k in keys},
-                    "PrimaryKeys": {_b64(keys[0]): 1},
-                    "NumNodes": 1,
-                    "Messages": {},
-                }
-            )
-        out.sort(key=lambda entry: not entry["WAN"])
-        return api.json(request, out)
+    def list_keys(request: IRequest) -> bytes | Deferred[bytes]:
+        if local_only(request):
+            local = []
+            for pool in membership.keyrings():
+                assert pool.keyring is not None
+                keys = [encode_key(k) for k in pool.keyring.keys]
+                answer = KeyResponse(1, 1, 0, {}, {k: 1 for k in keys}, {keys[0]: 1})
+                local.append((pool, answer))
+            return api.json(request, [entry(p, a) for p, a in ordered(local)])
+
+        def done(answers: list[tuple[SerfPool, KeyResponse]]) -> bytes:
+            answers = ordered(answers)
+            failures(answers)
+            return api.json(request, [entry(p, a) for p, a in answers])
+
+        return membership.keyring_operation("list").addCallback(done)
 
     @route("/v1/operator/keyring", methods=["POST"])
-    def install_key(request: IRequest) -> bytes:
+    def install_key(request: IRequest) -> Deferred[bytes]:
         return change(request, "install")
 
     @route("/v1/operator/keyring", methods=["PUT"])
-    def use_key(request: IRequest) -> bytes:
+    def use_key(request: IRequest) -> Deferred[bytes]:
         return change(request, "use")
 
     @route("/v1/operator/keyring", methods=["DELETE"])
-    def remove_key(request: IRequest) -> bytes:
+    def remove_key(request: IRequest) -> Deferred[bytes]:
         return change(request, "remove")

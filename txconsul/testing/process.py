@@ -7,10 +7,12 @@ stopped by its process id (SIGTERM, then SIGKILL if it will not go).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import sys
+import time
 from typing import Any
 
 import treq
@@ -21,10 +23,10 @@ from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that nothing listens on right now."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         port: int = s.getsockname()[1]
         return port
 
@@ -61,10 +63,13 @@ class AgentProcess(ProcessProtocol):
                 pass
 
 
-def spawn_twistd(reactor: Any, args: list[str], cwd: str) -> AgentProcess:
+def spawn_twistd(
+    reactor: Any, args: list[str], cwd: str, env: dict[str, str] | None = None
+) -> AgentProcess:
     """
     Run ``twistd -n --pidfile= txconsul ARGS`` with this Python, its gossip
-    pools on free ports unless ARGS name them (a later flag wins).
+    pools on free ports unless ARGS name them (a later flag wins); ``env`` is
+    added to this process's environment.
     """
     proto = AgentProcess()
     argv = [
@@ -80,7 +85,7 @@ def spawn_twistd(reactor: Any, args: list[str], cwd: str) -> AgentProcess:
         str(free_port()),
         *args,
     ]
-    reactor.spawnProcess(proto, sys.executable, argv, env=dict(os.environ), path=cwd)
+    reactor.spawnProcess(proto, sys.executable, argv, env={**os.environ, **(env or {})}, path=cwd)
     return proto
 
 
@@ -104,3 +109,182 @@ async def wait_for_leader(
     raise RuntimeError(
         f"agent did not answer in {limit}s:\n{proto.output.decode(errors='replace')}"
     )
+
+
+async def http_json(
+    method: str, url: str, body: bytes | None = None, timeout: float = 1.0
+) -> tuple[int, Any]:
+    """One request on a fresh connection: the status and the decoded JSON body (or text)."""
+    response = await treq.request(method, url, data=body, timeout=timeout, persistent=False)
+    content: bytes = await response.content()
+    try:
+        return response.code, json.loads(content) if content else None
+    except ValueError:
+        return response.code, content.decode(errors="replace")
+
+
+#: gossip fast enough that servers find each other (and a restarted one
+#: rejoins) in well under a second; joins retried every second
+FAST_CONFIG = {
+    "gossip_lan": {"probe_interval": "200ms", "probe_timeout": "100ms", "gossip_interval": "50ms"},
+    "gossip_wan": {"probe_interval": "200ms", "probe_timeout": "100ms", "gossip_interval": "50ms"},
+    "retry_interval": "1s",
+}
+
+
+class ServerProcess:
+    """
+    One ``--server`` agent of a real cluster on ``host``: its ports are chosen
+    once, so that it restarts on the same ports with the same data directory
+    (the other servers know it by its RPC address).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        host: str,
+        base_dir: str,
+        bootstrap_expect: int,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.name = name
+        self.host = host
+        self.bootstrap_expect = bootstrap_expect
+        self.env = dict(env or {})
+        self.dir = os.path.join(base_dir, name)
+        self.data_dir = os.path.join(self.dir, "data")
+        os.makedirs(self.data_dir, exist_ok=True)
+        self.ports = {
+            flag: free_port(host)
+            for flag in ("http-port", "dns-port", "serf-lan-port", "serf-wan-port", "server-port")
+        }
+        self.config_file = os.path.join(self.dir, "fast.json")
+        with open(self.config_file, "w") as f:
+            json.dump(FAST_CONFIG, f)
+        self.proto: AgentProcess | None = None
+        #: the output of earlier runs (before a kill), for failure reports
+        self.past_output = b""
+        self.starts = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.ports['http-port']}"
+
+    @property
+    def rpc_address(self) -> str:
+        return f"{self.host}:{self.ports['server-port']}"
+
+    @property
+    def lan_address(self) -> str:
+        return f"{self.host}:{self.ports['serf-lan-port']}"
+
+    @property
+    def running(self) -> bool:
+        return self.proto is not None and not self.proto.ended.called
+
+    def args(self, join: list[str]) -> list[str]:
+        out = ["--node", self.name, "--server", "--data-dir", self.data_dir]
+        out += ["--bind", self.host, "--client", self.host]
+        out += ["--bootstrap-expect", str(self.bootstrap_expect)]
+        out += ["--config-file", self.config_file]
+        for flag, port in self.ports.items():
+            out += [f"--{flag}", str(port)]
+        for address in join:
+            out += ["--retry-join", address]
+        return out
+
+    def start(self, reactor: Any, join: list[str]) -> AgentProcess:
+        """Start (or restart) the process, joining the LAN pool through ``join``."""
+        if self.running:
+            raise RuntimeError(f"{self.name} is running already")
+        if self.proto is not None:
+            self.past_output += self.proto.output + b"\n--- restarted ---\n"
+        self.proto = spawn_twistd(reactor, self.args(join), self.dir, self.env)
+        self.starts += 1
+        return self.proto
+
+    async def stop(self, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` (kill -9 by default) and wait for the process to end."""
+        proto = self.proto
+        if proto is None or proto.ended.called:
+            return
+        proto.kill(sig)
+        await proto.ended
+
+    def output(self) -> str:
+        now = self.proto.output if self.proto is not None else b""
+        return (self.past_output + now).decode(errors="replace")
+
+    async def leader(self, timeout: float = 1.0) -> str:
+        """``/v1/status/leader`` of this server: the leader's RPC address or ``""``."""
+        code, body = await http_json("GET", self.url + "/v1/status/leader", timeout=timeout)
+        return body if code == 200 and isinstance(body, str) else ""
+
+
+class ServerCluster:
+    """
+    ``n`` server processes on ``hosts`` (one address each, or all on one), each
+    joining the others with ``--retry-join`` and ``--bootstrap-expect n``.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        base_dir: str,
+        n: int = 3,
+        hosts: list[str] | None = None,
+        env: dict[int, dict[str, str]] | None = None,
+    ) -> None:
+        self.reactor = reactor
+        hosts = hosts or ["127.0.0.1"] * n
+        env = env or {}
+        self.servers = [
+            ServerProcess(f"s{i + 1}", hosts[i], base_dir, n, env.get(i)) for i in range(n)
+        ]
+
+    def start(self, server: ServerProcess | None = None) -> None:
+        """Start every server (or restart one)."""
+        for s in [server] if server is not None else self.servers:
+            s.start(self.reactor, [o.lan_address for o in self.servers if o is not s])
+
+    async def stop(self) -> None:
+        for s in self.servers:
+            await s.stop()
+
+    def by_address(self, rpc_address: str) -> ServerProcess | None:
+        return next((s for s in self.servers if s.rpc_address == rpc_address), None)
+
+    async def leader(self, among: list[ServerProcess] | None = None) -> ServerProcess | None:
+        """The leader that every running server of ``among`` names, or None."""
+        names = set()
+        for s in among if among is not None else self.servers:
+            if not s.running:
+                continue
+            try:
+                names.add(await s.leader())
+            except Exception:  # noqa: BLE001 - down or busy: no agreement
+                return None
+        if len(names) != 1:
+            return None
+        return self.by_address(names.pop())
+
+    async def wait_for_leader(
+        self, limit: float = 30.0, among: list[ServerProcess] | None = None
+    ) -> ServerProcess:
+        """Poll until every running server of ``among`` names the same running leader."""
+        end = time.monotonic() + limit
+        while True:
+            for s in self.servers:
+                if s.proto is not None and s.proto.ended.called and s.proto.signal is None:
+                    raise RuntimeError(f"{s.name} exited:\n{s.output()[-4000:]}")
+            leader = await self.leader(among)
+            if leader is not None and leader.running:
+                return leader
+            if time.monotonic() > end:
+                raise RuntimeError(
+                    f"no leader that all servers agree on within {limit}s\n" + self.outputs()
+                )
+            await deferLater(self.reactor, 0.1, lambda: None)
+
+    def outputs(self, tail: int = 3000) -> str:
+        return "\n".join(f"== {s.name}\n{s.output()[-tail:]}" for s in self.servers)

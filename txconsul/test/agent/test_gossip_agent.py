@@ -8,6 +8,8 @@ from __future__ import annotations
 import base64
 import functools
 import json
+import os
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +20,8 @@ from twisted.trial.unittest import TestCase
 
 from txconsul.agent.agent import Agent
 from txconsul.agent.membership import JoinFailed, parse_join_address
-from txconsul.testing.agent import api_call, start_agent
+from txconsul.gossip.keyring import KeyringError
+from txconsul.testing.agent import api_call, make_agent, start_agent
 from txconsul.testing.polling import poll_until
 from txconsul.testing.process import free_port
 
@@ -37,6 +40,18 @@ def wan(agent: Agent) -> str:
     return "127.0.0.1:%d" % agent.membership.wan.gossip.address()[1]
 
 
+def udp_and_tcp_free(port: int) -> bool:
+    """Whether a stopped agent has let go of its gossip port."""
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
+
+
 class GossipAgentTestCase(TestCase):
     timeout = 30
 
@@ -44,8 +59,11 @@ class GossipAgentTestCase(TestCase):
         """A server (dev mode) or client agent with fast LAN and WAN timing."""
         flags.setdefault("gossip_lan", FAST)
         flags.setdefault("gossip_wan", FAST)
+        flags["server"] = server
         if not server:
-            flags.update(dev=False, server=False, data_dir=self.mktemp())
+            flags["dev"] = False
+        if not flags.get("dev", server):
+            flags.setdefault("data_dir", self.mktemp())
         return await start_agent(self, reactor, node_name=name, **flags)
 
     async def http(
@@ -204,6 +222,86 @@ class StatusTests(GossipAgentTestCase):
         self.assertIn("No node found", body)
 
 
+class SnapshotRejoinTests(GossipAgentTestCase):
+    """A restarted agent finds its pool again through data_dir/serf/*.snapshot."""
+
+    @staticmethod
+    def gossip_ports(agent: Agent) -> dict[str, int]:
+        ports = {"serf_lan": int(lan(agent).rsplit(":", 1)[1])}
+        if agent.membership.wan is not None:
+            ports["serf_wan"] = int(wan(agent).rsplit(":", 1)[1])
+        return ports
+
+    async def restarted(self, agent: Agent, ports: dict[str, int], **flags: Any) -> Agent:
+        """Stop ``agent`` without leaving (if it still runs), start it again on ``ports``."""
+        if agent.running:
+            await agent.stopService()
+        c = agent.config
+        return await self.agent(
+            c.node_name,
+            server=c.server,
+            dev=False,
+            datacenter=c.datacenter,
+            data_dir=c.data_dir,
+            ports=ports,
+            **flags,
+        )
+
+    async def test_restarted_client_rejoins_without_join(self) -> None:
+        s1 = await self.agent("s1", server=True)
+        c1 = await self.agent("c1", start_join=[lan(s1)])
+        await self.wait_for(lambda: self.equals(self.statuses(s1), {"s1": 1, "c1": 1}))
+        with open(os.path.join(c1.config.data_dir, "serf", "local.snapshot")) as f:
+            self.assertIn(f"alive: s1 {lan(s1)}", f.read())
+        ports = self.gossip_ports(c1)
+        await c1.stopService()
+        await self.wait_for(lambda: self.equals(self.statuses(s1), {"s1": 1, "c1": 4}))
+        c1 = await self.restarted(c1, ports)
+        self.assertEqual(c1.config.join, ())
+        everyone = {"s1": 1, "c1": 1}
+        for agent in (s1, c1):
+            await self.wait_for(functools.partial(self.has_statuses, agent, everyone))
+        check = await self.serf_health(s1, "c1")
+        assert check is not None
+        self.assertEqual(check["Status"], "passing")
+
+    async def test_an_agent_that_left_does_not_rejoin(self) -> None:
+        s1 = await self.agent("s1", server=True)
+        c1 = await self.agent("c1", start_join=[lan(s1)])
+        await self.wait_for(lambda: self.equals(self.statuses(s1), {"s1": 1, "c1": 1}))
+        ports = self.gossip_ports(c1)
+        code, _ = await self.http(c1, "PUT", "/v1/agent/leave")
+        self.assertEqual(code, 200)
+        await self.wait_for(lambda: udp_and_tcp_free(ports["serf_lan"]))
+        c1 = await self.restarted(c1, ports)
+        assert c1.membership.lan is not None
+        self.assertEqual(c1.membership.lan.previous, [])  # nothing to rejoin, by choice
+        self.assertEqual(await self.statuses(c1), {"c1": 1})
+        self.assertEqual((await self.statuses(s1))["c1"], 3)
+
+    async def test_rejoin_after_leave_rejoins_all_the_same(self) -> None:
+        s1 = await self.agent("s1", server=True)
+        c1 = await self.agent("c1", start_join=[lan(s1)], rejoin_after_leave=True)
+        await self.wait_for(lambda: self.equals(self.statuses(s1), {"s1": 1, "c1": 1}))
+        ports = self.gossip_ports(c1)
+        await c1.leave()
+        await self.wait_for(lambda: udp_and_tcp_free(ports["serf_lan"]))
+        c1 = await self.restarted(c1, ports, rejoin_after_leave=True)
+        await self.wait_for(lambda: self.equals(self.statuses(s1), {"s1": 1, "c1": 1}))
+
+    async def test_restarted_server_rejoins_the_wan_pool_too(self) -> None:
+        s1 = await self.agent("s1", server=True, dev=False)
+        s2 = await self.agent("s2", server=True, dev=False, datacenter="dc2")
+        code, _ = await self.http(s2, "PUT", f"/v1/agent/join/{wan(s1)}?wan=1")
+        self.assertEqual(code, 200)
+        both = {"s1.dc1": 1, "s2.dc2": 1}
+        await self.wait_for(functools.partial(self.has_statuses, s1, both, "?wan=1"))
+        self.assertTrue(os.path.exists(os.path.join(s2.config.data_dir, "serf", "remote.snapshot")))
+        s2 = await self.restarted(s2, self.gossip_ports(s2))
+        await self.wait_for(functools.partial(self.has_statuses, s2, both, "?wan=1"))
+        self.assertEqual(set(await self.members(s2)), {"s2"})  # its LAN pool is its own
+
+
 class WANTests(GossipAgentTestCase):
     async def test_servers_join_the_wan_pool_named_node_dot_dc(self) -> None:
         s1 = await self.agent("s1", server=True)
@@ -265,6 +363,85 @@ class EncryptionTests(GossipAgentTestCase):
         # the new primary key is the one a newcomer needs
         c1 = await self.agent("c1", encrypt=OTHER_KEY, start_join=[lan(s1)])
         self.assertEqual(set(await self.members(c1)), {"s1", "c1"})
+
+    async def lan_keys(self, agent: Agent, query: str = "") -> dict[str, Any]:
+        code, pools = await self.http(agent, "GET", "/v1/operator/keyring" + query)
+        self.assertEqual(code, 200, pools)
+        return next(p for p in pools if not p["WAN"])
+
+    async def test_keyring_changes_reach_every_member_and_survive_a_restart(self) -> None:
+        s1 = await self.agent("s1", server=True, encrypt=KEY)
+        c1 = await self.agent("c1", encrypt=KEY, start_join=[lan(s1)])
+        c2 = await self.agent("c2", encrypt=KEY, start_join=[lan(s1)])
+        everyone = {"s1": 1, "c1": 1, "c2": 1}
+        for agent in (s1, c1, c2):
+            await self.wait_for(functools.partial(self.has_statuses, agent, everyone))
+        other = json.dumps({"Key": OTHER_KEY}).encode()
+        self.assertEqual(await self.http(c1, "POST", "/v1/operator/keyring", other), (200, ""))
+        listing = await self.lan_keys(c2)
+        self.assertEqual(
+            {k: listing[k] for k in ("Keys", "PrimaryKeys", "NumNodes", "NumResp", "NumErr")},
+            {
+                "Keys": {KEY: 3, OTHER_KEY: 3},
+                "PrimaryKeys": {KEY: 3},
+                "NumNodes": 3,
+                "NumResp": 3,
+                "NumErr": 0,
+            },
+        )
+        self.assertEqual((listing["Datacenter"], listing["Messages"]), ("dc1", {}))
+        self.assertEqual((await self.http(c1, "PUT", "/v1/operator/keyring", other))[0], 200)
+        # a client reaches the LAN pool only: the server's WAN keyring did not
+        # get the key, so the server refuses to make it primary there
+        code, reason = await self.http(s1, "PUT", "/v1/operator/keyring", other)
+        self.assertEqual(code, 500)
+        self.assertIn("WAN error: 1/1 nodes reported failure", reason)
+        self.assertIn("s1.dc1: Requested key is not in the keyring", reason)
+        old = json.dumps({"Key": KEY}).encode()
+        self.assertEqual((await self.http(c2, "DELETE", "/v1/operator/keyring", old))[0], 200)
+        listing = await self.lan_keys(c1)
+        self.assertEqual(
+            (listing["Keys"], listing["PrimaryKeys"]), ({OTHER_KEY: 3}, {OTHER_KEY: 3})
+        )
+        # every member saved its keyring; a restart (still configured with the
+        # old key) uses the saved one and finds the pool again
+        path = os.path.join(c2.config.data_dir, "serf", "local.keyring")
+        with open(path) as f:
+            self.assertEqual(json.load(f), [OTHER_KEY])
+        self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
+        ports = SnapshotRejoinTests.gossip_ports(c2)
+        await c2.stopService()
+        c2 = await self.agent("c2", encrypt=KEY, data_dir=c2.config.data_dir, ports=ports)
+        self.assertEqual((await self.lan_keys(c2, "?local-only=true"))["Keys"], {OTHER_KEY: 1})
+        await self.wait_for(functools.partial(self.has_statuses, s1, everyone))
+        await self.wait_for(functools.partial(self.has_statuses, c2, everyone))
+
+    async def test_a_refused_change_names_each_member_and_its_reason(self) -> None:
+        s1 = await self.agent("s1", server=True, encrypt=KEY)
+        c1 = await self.agent("c1", encrypt=KEY, start_join=[lan(s1)])
+        await self.wait_for(lambda: self.equals(self.statuses(s1), {"s1": 1, "c1": 1}))
+        primary = json.dumps({"Key": KEY}).encode()
+        code, reason = await self.http(c1, "DELETE", "/v1/operator/keyring", primary)
+        self.assertEqual(code, 500)
+        self.assertIn("dc1 (LAN) error: 2/2 nodes reported failure", reason)
+        self.assertIn("c1: Removing the primary key is not allowed", reason)
+        self.assertIn("s1: Removing the primary key is not allowed", reason)
+        code, reason = await self.http(c1, "DELETE", "/v1/operator/keyring?local-only=1", primary)
+        self.assertEqual(code, 400)
+        code, reason = await self.http(c1, "GET", "/v1/operator/keyring?local-only=maybe")
+        self.assertEqual(code, 400)
+        self.assertIn("local-only", reason)
+
+    async def test_an_unreadable_keyring_file_stops_the_start_with_its_name(self) -> None:
+        data_dir = self.mktemp()
+        os.makedirs(os.path.join(data_dir, "serf"))
+        path = os.path.join(data_dir, "serf", "local.keyring")
+        for garbage in ("not json", "[]", '["short"]', '{"a": 1}'):
+            with open(path, "w") as f:
+                f.write(garbage)
+            with self.assertRaises(KeyringError) as caught:
+                make_agent(self, reactor, node_name="c1", dev=False, data_dir=data_dir)
+            self.assertIn(path, str(caught.exception))
 
     async def test_keyring_without_encryption_or_with_a_bad_key_is_refused(self) -> None:
         s1 = await self.agent("s1", server=True)

@@ -113,9 +113,14 @@ class KeyCommandTests(AgentTestCase):
         got = await self.cli("keyring", "-list")
         self.assertIn(f"  {NEW_KEY} (primary) [1/1]", got.out)
         self.assertNotIn(KEY, got.out)
+        got = await self.cli("keyring", "-list", "-local-only")
+        self.assertIn(f"  {NEW_KEY} (primary) [1/1]", got.out)
         got = await self.cli("keyring", "-remove", NEW_KEY)
         self.assertEqual(got.code, 1)
-        self.assertIn("primary", got.err)
+        self.assertIn("Removing the primary key is not allowed", got.err)
+        got = await self.cli("keyring", "-use", NEW_KEY, "-local-only")
+        self.assertEqual(got.code, 1)
+        self.assertIn("-local-only can only be used with -list", got.err)
 
     async def test_keyring_wants_exactly_one_action(self) -> None:
         await self.start(encrypt=KEY)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -22,13 +23,16 @@ from twisted.trial.unittest import SkipTest, TestCase
 
 from txconsul.agent.agent import Agent
 from txconsul.test.gossip.test_serf import free_port
-from txconsul.testing.agent import start_agent
+from txconsul.testing.agent import api_call, start_agent
 from txconsul.testing.polling import poll_until
 
 KEY = base64.b64encode(bytes(range(32))).decode()
+NEW_KEY = base64.b64encode(bytes(range(1, 33))).decode()
 
 
-class SerfAndAgentTests(TestCase):
+class SerfHarness(TestCase):
+    """Starts one ``serf agent`` beside txconsul agents in this process."""
+
     timeout = 60
 
     async def start_serf(self, *extra: str) -> None:
@@ -82,6 +86,14 @@ class SerfAndAgentTests(TestCase):
             raise RuntimeError(done.stdout.decode() + done.stderr.decode())
         return done.stdout.decode()
 
+    async def serf_keys(self, *args: str) -> tuple[int, str]:
+        """``serf keys ...`` as a child process: serf queries us while we keep serving."""
+        assert self.serf_bin is not None
+        out, err, code = await getProcessOutputAndValue(
+            self.serf_bin, ["keys", f"-rpc-addr={self.rpc}", *args], env=dict(os.environ)
+        )
+        return code, (out + err).decode()
+
     async def serf_join(self, address: str) -> None:
         """``serf join`` as a child process, so the reactor keeps serving our side."""
         assert self.serf_bin is not None
@@ -131,6 +143,8 @@ class SerfAndAgentTests(TestCase):
 
         await self.wait_for(both)
 
+
+class SerfAndAgentTests(SerfHarness):
     async def test_serf_joins_the_agent_and_the_server_catalogs_it(self) -> None:
         agent = await self.start_both()
         await self.serf_join(f"127.0.0.1:{self.lan_port(agent)}")
@@ -157,3 +171,63 @@ class SerfAndAgentTests(TestCase):
         )
         self.assertEqual(await agent.membership.join([f"127.0.0.1:{self.serf_port}"]), 0)
         self.assertEqual([m["Name"] for m in agent.membership.members()], ["tx-agent"])
+
+
+class SerfKeyringTests(SerfHarness):
+    """Key rotation across a pool of a txconsul agent and a serf agent with a keyring file."""
+
+    async def keyring_pair(self) -> Agent:
+        ring = tempfile.NamedTemporaryFile("w", prefix="serf-", suffix=".keyring", delete=False)
+        self.addCleanup(os.unlink, ring.name)
+        json.dump([KEY], ring)
+        ring.close()
+        self.keyring_file = ring.name
+        await self.start_serf(f"-keyring-file={ring.name}")
+        agent = await start_agent(self, reactor, node_name="tx-agent", encrypt=KEY)
+        await self.serf_join(f"127.0.0.1:{self.lan_port(agent)}")
+        await self.assert_both_alive(agent)
+        return agent
+
+    def lan_keys(self, agent: Agent) -> list[bytes]:
+        assert agent.membership.lan is not None and agent.membership.lan.keyring is not None
+        return agent.membership.lan.keyring.keys
+
+    async def test_serf_keys_install_use_remove_change_our_keyring(self) -> None:
+        agent = await self.keyring_pair()
+        code, out = await self.serf_keys(f"-install={NEW_KEY}")
+        self.assertEqual(code, 0, out)
+        self.assertEqual(self.lan_keys(agent), [bytes(range(32)), bytes(range(1, 33))])
+        code, out = await self.serf_keys("-list")
+        self.assertEqual(code, 0, out)
+        self.assertRegex(out, rf"{re.escape(NEW_KEY)}\s+\[2/2\]")
+        code, out = await self.serf_keys(f"-use={NEW_KEY}")
+        self.assertEqual(code, 0, out)
+        code, out = await self.serf_keys(f"-remove={KEY}")
+        self.assertEqual(code, 0, out)
+        self.assertEqual(self.lan_keys(agent), [bytes(range(1, 33))])
+        code, out = await self.serf_keys(f"-remove={NEW_KEY}")  # the primary: refused by both
+        self.assertEqual(code, 1, out)
+        self.assertIn("Removing the primary key is not allowed", out)
+        await self.assert_both_alive(agent)  # still talking, with the new key
+
+    async def test_our_keyring_api_changes_serfs_keyring(self) -> None:
+        agent = await self.keyring_pair()
+        body = json.dumps({"Key": NEW_KEY}).encode()
+        for method in ("POST", "PUT"):
+            code, reason = await api_call(agent, method, "/v1/operator/keyring", body)
+            self.assertEqual(code, 200, reason)
+        with open(self.keyring_file) as f:
+            self.assertEqual(json.load(f), [NEW_KEY, KEY])  # serf saved it, primary first
+        code, listing = await api_call(agent, "GET", "/v1/operator/keyring")
+        self.assertEqual(code, 200, listing)
+        lan = next(p for p in listing if not p["WAN"])
+        self.assertEqual(
+            (lan["Keys"], lan["PrimaryKeys"], lan["NumNodes"], lan["NumResp"]),
+            ({KEY: 2, NEW_KEY: 2}, {NEW_KEY: 2}, 2, 2),
+        )
+        old = json.dumps({"Key": KEY}).encode()
+        self.assertEqual((await api_call(agent, "DELETE", "/v1/operator/keyring", old))[0], 200)
+        code, out = await self.serf_keys("-list")
+        self.assertEqual(code, 0, out)
+        self.assertNotIn(KEY, out)
+        await self.assert_both_alive(agent)

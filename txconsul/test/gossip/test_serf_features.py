@@ -16,14 +16,19 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from txconsul.gossip import snapshot
+from txconsul.gossip.keyring import Keyring, encode_key
 from txconsul.gossip.memberlist import GossipConfig, Memberlist, Packet
 from txconsul.gossip.messages import DEFAULT_VSN, Ack, Alive, Dead, Ping, User, ip_bytes
 from txconsul.gossip.serf import (
+    KEY_QUERIES,
+    KeyResponse,
     MemberEvent,
     MemberStatus,
+    QueryHandle,
     Serf,
     SerfConfig,
     encode_tags,
+    key_response,
 )
 from txconsul.gossip.wire import pack, unpack_one
 
@@ -124,6 +129,106 @@ class QueryTests(SynchronousTestCase):
         self.assertEqual(pool.serfs["b"].drain_queries(), [])
 
 
+K1, K2, K3 = bytes(range(16)), bytes(range(1, 17)), bytes(range(2, 18))
+
+
+class KeyQueryTests(SynchronousTestCase):
+    """serf's internal key queries, answered by every member and summed up."""
+
+    def pool(self, names: list[str], keyrings: bool = True) -> Pool:
+        pool = Pool(names)
+        self.saved: dict[str, list[list[bytes]]] = {}
+        for name, serf in pool.serfs.items():
+            if keyrings:
+                serf.keyring = Keyring([K1])
+                serf.save_keyring = lambda k, n=name: self.saved.setdefault(n, []).append(
+                    list(k.keys)
+                )
+        return pool
+
+    def ask(self, pool: Pool, op: str, key: bytes | None = None) -> KeyResponse:
+        handle = pool.serfs["a"].key_query(pool.now, op, key)
+        seen: list[int] = []
+        handle.watcher = lambda h: seen.append(len(h.responses))
+        pool.run(1.0)
+        # a's own answer is in before the call returns; the others' follow
+        self.assertEqual(seen, list(range(2, len(pool.serfs) + 1)))
+        return key_response(handle, len(pool.serfs))
+
+    def test_install_use_remove_change_every_keyring_and_save_it(self) -> None:
+        pool = self.pool(["a", "b", "c"])
+        self.assertIsNone(self.ask(pool, "install", K2).error())
+        self.assertIsNone(self.ask(pool, "use", K2).error())
+        self.assertIsNone(self.ask(pool, "remove", K1).error())
+        for name, serf in pool.serfs.items():
+            assert serf.keyring is not None
+            self.assertEqual(serf.keyring.keys, [K2])
+            self.assertEqual(self.saved[name], [[K1, K2], [K2, K1], [K2]])
+        listing = self.ask(pool, "list")
+        self.assertEqual((listing.num_nodes, listing.num_resp, listing.num_err), (3, 3, 0))
+        self.assertEqual(listing.keys, {encode_key(K2): 3})
+        self.assertEqual(listing.primary_keys, {encode_key(K2): 3})
+
+    def test_refusals_carry_memberlists_words(self) -> None:
+        pool = self.pool(["a", "b"])
+        refused = self.ask(pool, "use", K3)
+        self.assertEqual(refused.error(), "2/2 nodes reported failure")
+        self.assertEqual(set(refused.messages.values()), {"Requested key is not in the keyring"})
+        refused = self.ask(pool, "remove", K1)
+        self.assertEqual(
+            set(refused.messages.values()), {"Removing the primary key is not allowed"}
+        )
+        refused = self.ask(pool, "install", b"short")
+        self.assertEqual(set(refused.messages.values()), {"key size must be 16, 24 or 32 bytes"})
+
+    def test_without_encryption_every_member_says_so(self) -> None:
+        pool = self.pool(["a", "b"], keyrings=False)
+        listing = self.ask(pool, "list")
+        self.assertEqual(listing.num_err, 2)
+        self.assertEqual(
+            set(listing.messages.values()), {"Keyring is empty (encryption not enabled)"}
+        )
+        refused = self.ask(pool, "install", K2)
+        self.assertEqual(
+            set(refused.messages.values()), {"No keyring to modify (encryption not enabled)"}
+        )
+
+    def test_a_keyring_that_cannot_be_saved_fails_the_change(self) -> None:
+        pool = self.pool(["a", "b"])
+
+        def full(keyring: Keyring) -> None:
+            raise OSError(28, "No space left on device")
+
+        pool.serfs["b"].save_keyring = full
+        refused = self.ask(pool, "install", K2)
+        self.assertEqual(
+            refused.messages, {"b": "Failed to write keyring file: No space left on device"}
+        )
+
+    def test_a_long_key_list_is_cut_to_fit_a_response(self) -> None:
+        pool = self.pool(["a", "b"])
+        for serf in pool.serfs.values():
+            assert serf.keyring is not None
+            for i in range(60):
+                serf.keyring.install(bytes([i]) * 32)
+        listing = self.ask(pool, "list")
+        self.assertEqual(listing.num_err, 0)
+        self.assertLess(len(listing.keys), 61)
+        self.assertIn(encode_key(K1), listing.keys)
+        self.assertRegex(
+            listing.messages["b"], r"truncated key list response, showing first \d+ of 61 keys"
+        )
+
+    def test_a_garbled_key_request_is_refused_not_raised(self) -> None:
+        pool = self.pool(["a", "b"])
+        handle = pool.serfs["a"].query(pool.now, KEY_QUERIES["install"], b"\x07\xc1", timeout=5.0)
+        pool.run(1.0)
+        answer = key_response(handle, 2)
+        self.assertEqual(set(answer.messages.values()), {"Failed to decode key request"})
+        answer = key_response(QueryHandle(1, 1, 1.0, responses={"x": b"\x08\x91"}), 1)
+        self.assertEqual(answer.num_err, 1)
+
+
 class ReapAndReconnectTests(SynchronousTestCase):
     def test_failed_member_is_retried_then_reaped(self) -> None:
         pool = Pool(["a", "b", "c"])
@@ -181,9 +286,29 @@ class SnapshotTests(SynchronousTestCase):
         writer = snapshot.SnapshotFile(self.path)
         writer.alive("b", ("10.0.0.2", 8301))
         writer.leave()
+        writer.alive("c", ("10.0.0.3", 8301))  # while leaving: not recorded
         writer.close()
         self.assertEqual(snapshot.load(self.path).rejoin(), [])
-        self.assertEqual(snapshot.load(self.path).rejoin(after_leave=True), [])
+
+    def test_rejoin_after_leave_ignores_the_leave(self) -> None:
+        writer = snapshot.SnapshotFile(self.path, rejoin_after_leave=True)
+        writer.alive("b", ("10.0.0.2", 8301))
+        writer.leave()
+        writer.close()
+        self.assertEqual(snapshot.load(self.path).rejoin(), [])
+        state = snapshot.load(self.path, rejoin_after_leave=True)
+        self.assertEqual(state.rejoin(), [("10.0.0.2", 8301)])
+
+    def test_a_new_run_after_a_leave_records_again(self) -> None:
+        writer = snapshot.SnapshotFile(self.path)
+        writer.alive("b", ("10.0.0.2", 8301))
+        writer.leave()
+        writer.close()
+        writer = snapshot.SnapshotFile(self.path)  # started again, joined by hand
+        writer.alive("c", ("10.0.0.3", 8301))
+        writer.close()
+        self.assertEqual(snapshot.load(self.path).rejoin(), [("10.0.0.3", 8301)])
+        writer.alive("d", ("10.0.0.4", 8301))  # after close (a late timer): ignored
 
     def test_compaction_keeps_the_state(self) -> None:
         writer = snapshot.SnapshotFile(self.path, compact_at=2048)

@@ -1,0 +1,287 @@
+# -*- test-case-name: txconsul.test.cluster.test_kill -*-
+"""
+A Jepsen ``register``-shaped KV workload over real HTTP, recorded for the checker.
+
+Concurrent clients run one operation at a time each on a few keys: ``GET``
+(default and ``?consistent``), ``PUT`` of a value never written before, and a
+compare-and-set (a ``GET`` for the ModifyIndex, then ``PUT ?cas=<index>``).
+Each client is pinned to one server or picks any server per operation. Every
+request has a short timeout; an operation that times out or loses its
+connection after it was sent has an unknown outcome (Jepsen's ``info``), one
+refused before it reached a server certainly had no effect.
+
+Values are unique per write, so the model's compare on values is the same as
+Consul's compare on ModifyIndex (see ``linearizability.Cas``).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+import treq
+from twisted.internet.defer import ensureDeferred, gatherResults
+from twisted.internet.error import ConnectError, ConnectionRefusedError
+from twisted.internet.task import deferLater
+from twisted.web.client import HTTPConnectionPool
+
+from txconsul.testing.linearizability import (
+    UNKNOWN,
+    Cas,
+    Get,
+    HistoryRecorder,
+    Operation,
+    Put,
+)
+
+__all__ = ["Client", "RegisterWorkload", "lost_writes", "history_to_json", "history_from_json"]
+
+
+class _Refused(Exception):
+    """The request never reached a server: it certainly had no effect."""
+
+
+class _Unknown(Exception):
+    """The request may or may not have been applied."""
+
+
+@attrs.define
+class Client:
+    """One Jepsen process: pinned to ``targets[0]``, or any of ``targets`` per operation."""
+
+    name: str
+    targets: list[str]
+
+
+class RegisterWorkload:
+    """
+    :param targets: base URLs of the servers (``http://127.0.0.1:8500``).
+    :param clients: the client processes, each with the URLs it may use.
+    :param read_modes: which reads to issue: ``"default"`` and/or ``"consistent"``.
+    :param record_reads: whether those reads go into the history (the reads
+        that serve a CAS never do: the CAS itself is what they decide).
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        rng: random.Random,
+        clients: Sequence[Client],
+        keys: int = 10,
+        timeout: float = 1.0,
+        read_modes: Sequence[str] = ("default", "consistent"),
+        record_reads: bool = True,
+        prefix: str = "reg/",
+    ) -> None:
+        self.reactor = reactor
+        self.rng = rng
+        self.clients = list(clients)
+        self.keys = [f"{prefix}{i}" for i in range(keys)]
+        self.timeout = timeout
+        self.read_modes = list(read_modes)
+        self.record_reads = record_reads
+        self.recorder = HistoryRecorder()
+        self.counts: Counter[str] = Counter()
+        self.completed = 0
+        self._running = False
+        self._serial = 0
+        self._pool = HTTPConnectionPool(reactor, persistent=True)
+        self._pool.maxPersistentPerHost = 4
+        self._pool.retryAutomatically = False  # a retried write could apply twice
+
+    # -- running ------------------------------------------------------------------
+
+    async def run(self, stop: Callable[[], bool]) -> None:
+        """Run every client until ``stop()`` is true (checked between operations)."""
+        self._running = True
+        try:
+            await gatherResults([ensureDeferred(self._client(c, stop)) for c in self.clients])
+        finally:
+            self._running = False
+
+    async def close(self) -> None:
+        await self._pool.closeCachedConnections()
+
+    async def _client(self, client: Client, stop: Callable[[], bool]) -> None:
+        while not stop():
+            key = self.rng.choice(self.keys)
+            target = client.targets[0]
+            if len(client.targets) > 1:
+                target = self.rng.choice(client.targets)
+            choice = self.rng.random()
+            try:
+                if choice < 0.5 and self.read_modes:
+                    mode = self.read_modes[int(choice * 2 * len(self.read_modes))]
+                    await self.read(client.name, target, key, mode, self.record_reads)
+                elif choice < 0.75:
+                    await self.write(client.name, target, key)
+                else:
+                    await self.cas(client.name, target, key)
+            except _Refused:
+                # nothing listens there (a killed server): do not spin
+                await deferLater(self.reactor, 0.05, lambda: None)
+
+    def _value(self, client: str) -> str:
+        self._serial += 1
+        return f"{client}-{self._serial}"
+
+    async def _request(self, method: str, url: str, body: bytes | None = None) -> tuple[int, bytes]:
+        try:
+            response = await treq.request(
+                method, url, data=body, timeout=self.timeout, pool=self._pool
+            )
+            content: bytes = await treq.content(response)
+        except (ConnectionRefusedError, ConnectError) as e:
+            raise _Refused(str(e)) from e
+        except Exception as e:  # noqa: BLE001 - timeout, reset, lost response: unknown
+            raise _Unknown(repr(e)) from e
+        return response.code, content
+
+    # -- operations ---------------------------------------------------------------
+
+    async def read(
+        self, client: str, target: str, key: str, mode: str, record: bool = True
+    ) -> tuple[object, int] | None:
+        """One GET; the value (``None`` if absent) and its ModifyIndex, or None on failure."""
+        url = f"{target}/v1/kv/{key}" + ("?consistent" if mode == "consistent" else "")
+        handle = self.recorder.invoke(client, Get(key)) if record else None
+        try:
+            code, body = await self._request("GET", url)
+        except (_Refused, _Unknown) as e:
+            if handle is not None:
+                self.recorder.fail(handle)  # a read has no effect
+            self.counts[f"read-{mode}-error"] += 1
+            if isinstance(e, _Refused):
+                raise
+            return None
+        if code == 404:
+            value: object = None
+            index = 0
+        elif code == 200:
+            entry = json.loads(body)[0]
+            value = base64.b64decode(entry["Value"] or b"").decode()
+            index = entry["ModifyIndex"]
+        else:
+            if handle is not None:
+                self.recorder.fail(handle)
+            self.counts[f"read-{mode}-{code}"] += 1
+            return None
+        if handle is not None:
+            self.recorder.ok(handle, value)
+        self.completed += 1
+        self.counts[f"read-{mode}-ok"] += 1
+        return value, index
+
+    async def write(self, client: str, target: str, key: str) -> None:
+        value = self._value(client)
+        handle = self.recorder.invoke(client, Put(key, value))
+        self._finish(handle, "write", await self._apply(f"{target}/v1/kv/{key}", value))
+
+    async def cas(self, client: str, target: str, key: str) -> None:
+        read = await self.read(client, target, key, "default", record=False)
+        if read is None:
+            return
+        expected, index = read
+        value = self._value(client)
+        handle = self.recorder.invoke(client, Cas(key, expected, value))
+        self._finish(handle, "cas", await self._apply(f"{target}/v1/kv/{key}?cas={index}", value))
+
+    async def _apply(self, url: str, value: str) -> object:
+        """True/False for an answer, ``_Refused`` or ``UNKNOWN`` otherwise."""
+        try:
+            code, body = await self._request("PUT", url, value.encode())
+        except _Refused as e:
+            return e
+        except _Unknown:
+            return UNKNOWN
+        if code != 200:
+            return UNKNOWN  # e.g. the leader was lost after the entry was appended
+        answer: object = json.loads(body)
+        return answer
+
+    def _finish(self, handle: int, op: str, outcome: object) -> None:
+        if isinstance(outcome, _Refused):
+            self.recorder.fail(handle)
+            self.counts[f"{op}-refused"] += 1
+            raise outcome
+        if outcome is UNKNOWN:
+            self.recorder.info(handle)
+            self.counts[f"{op}-unknown"] += 1
+            return
+        self.recorder.ok(handle, bool(outcome))
+        self.completed += 1
+        self.counts[f"{op}-{'ok' if outcome else 'false'}"] += 1
+
+    def operations(self) -> list[Operation]:
+        return self.recorder.operations()
+
+
+def lost_writes(history: Sequence[Operation], final: dict[str, object]) -> list[Operation]:
+    """
+    Acknowledged writes that the final state lost: ``final[key]`` is not the
+    write's value although no other write that could have taken effect after
+    it (one that had not returned when it was called) exists on that key.
+    """
+    writes: dict[str, list[Operation]] = {}
+    for op in history:
+        if isinstance(op.input, Put | Cas) and op.output is not False:
+            writes.setdefault(op.input.key, []).append(op)
+    lost = []
+    for key, ops in writes.items():
+        if key not in final:
+            continue
+        # the two latest returns (unknown: never) find "another write returning later"
+        ends = sorted(((float("inf") if op.ret is None else op.ret), i) for i, op in enumerate(ops))
+        for i, op in enumerate(ops):
+            if op.unknown or final[key] == _written(op):
+                continue
+            latest = [end for end, j in ends[-2:] if j != i]
+            if not latest or latest[-1] < op.call:
+                lost.append(op)
+    return sorted(lost, key=lambda op: op.call)
+
+
+def _written(op: Operation) -> object:
+    return op.input.value if isinstance(op.input, Put) else op.input.new  # type: ignore[attr-defined]
+
+
+# -- a history as JSON (for a scenario run in another process) -------------------
+
+
+def _input_to_json(input: object) -> list[Any]:
+    if isinstance(input, Get):
+        return ["get", input.key]
+    if isinstance(input, Put):
+        return ["put", input.key, input.value]
+    if isinstance(input, Cas):
+        return ["cas", input.key, input.expected, input.new]
+    raise TypeError(f"not a register operation: {input!r}")
+
+
+def history_to_json(history: Sequence[Operation]) -> list[dict[str, Any]]:
+    return [
+        {
+            "client": str(op.client),
+            "input": _input_to_json(op.input),
+            "output": None if op.unknown else op.output,
+            "unknown": op.unknown,
+            "call": op.call,
+            "ret": op.ret,
+        }
+        for op in history
+    ]
+
+
+def history_from_json(data: list[dict[str, Any]]) -> list[Operation]:
+    ops = []
+    for item in data:
+        kind, key, *args = item["input"]
+        input: object = {"get": Get, "put": Put, "cas": Cas}[kind](key, *args)
+        output = UNKNOWN if item["unknown"] else item["output"]
+        ops.append(Operation(item["client"], input, output, item["call"], item["ret"]))
+    return ops
