@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from twisted.web.server import Site
 
 from txconsul import __version__
-from txconsul.agent.endpoints import node_state
+from txconsul.agent.endpoints import read_node_state
 from txconsul.agent.listeners import TCPListener
 from txconsul.agent.local import LocalState
 from txconsul.agent.membership import Membership
@@ -35,7 +35,7 @@ from txconsul.agent.servers import ServerConsensus, Servers
 from txconsul.config import AgentConfig
 from txconsul.dns.remote import RemoteAuthority
 from txconsul.dns.server import DNSService
-from txconsul.errors import BadRequest, ConfigError, TxConsulError
+from txconsul.errors import ConfigError, TxConsulError
 from txconsul.gossip.serf import MemberEvent
 from txconsul.http.app import HTTPApi
 from txconsul.raft.single import SingleNodeLog
@@ -282,24 +282,8 @@ class Agent(MultiService):
     # -- this node in the catalog -----------------------------------------------------
 
     def node_state(self) -> Deferred[dict[str, Any]]:
-        """
-        The catalog's view of this node (``Node``, ``Services``, ``Checks``)
-        for anti-entropy: a server's store on a client agent, the own store on
-        a server (a stale read either way, as Consul's).
-        """
-        name = self.config.node_name
-        if self.config.server or self.remote is None:
-            return succeed(node_state(self, name))
-        d: Deferred[Any] = self.remote.call("Catalog.NodeState", {"Node": name}, idempotent=True)
-
-        def checked(state: Any) -> dict[str, Any]:
-            if not isinstance(state, dict) or not all(
-                isinstance(state.get(k), dict) for k in ("Services", "Checks")
-            ):
-                raise BadRequest("Catalog.NodeState answered a map of the wrong shape")
-            return state
-
-        return d.addCallback(checked)
+        """The catalog's view of this node (``Node``, ``Services``, ``Checks``), the leader's."""
+        return read_node_state(self, self.config.node_name)
 
     def _server_joined(self, pool: Any, events: list[Any]) -> None:
         """A server that joins the LAN pool gets this agent's state soon (anti-entropy)."""

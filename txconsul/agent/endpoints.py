@@ -10,7 +10,8 @@ The RPC methods a server offers to client agents and to other servers.
   services and checks, applied through this server's consensus (a follower
   forwards them to the leader).
 - ``Catalog.NodeState``: what the catalog holds about one node, for the
-  anti-entropy of its agent (a stale read of this server's store).
+  anti-entropy of its agent (the leader's view, so that an agent never
+  corrects its entries after a lagging copy of them).
 - ``DNS.Lookup``: a question in the client's domain, answered from this
   server's catalog with the client's DNS settings.
 """
@@ -20,12 +21,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import attrs
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 
-from txconsul.agent.remote import leads
+from txconsul.agent.remote import check_lease, leads
 from txconsul.dns.authority import Answer, ConsulAuthority
 from txconsul.dns.remote import answer_to_wire, config_key, dns_config_from_wire
-from txconsul.errors import BadRequest
+from txconsul.errors import BadRequest, NoLeader
 from txconsul.http.remote import WireRequest, serve
 from txconsul.raft.core import NotLeader
 from txconsul.rpc.protocol import Dispatcher
@@ -45,6 +46,35 @@ def node_state(agent: Agent, name: str) -> dict[str, Any]:
         "Services": dict(catalog.services.get(name, {})),
         "Checks": dict(catalog.checks.get(name, {})),
     }
+
+
+def read_node_state(agent: Agent, name: str, hop: bool = False) -> Deferred[dict[str, Any]]:
+    """
+    The catalog's view of node ``name`` as the leader has it: read here on
+    the leader (while its lease holds), asked of the leader elsewhere (a
+    request sent on by a server already goes no further).
+    """
+    if agent.config.server and leads(agent):
+        try:
+            check_lease(agent)
+        except NoLeader as e:
+            return fail(e)
+        return succeed(node_state(agent, name))
+    if hop and agent.config.server:
+        return fail(NotLeader(agent.consensus.leader_address()))
+    if agent.remote is None:
+        return fail(NoLeader("No cluster leader"))
+    body = {"Node": name, "Hop": agent.config.server}
+    d: Deferred[Any] = agent.remote.call("Catalog.NodeState", body, idempotent=True)
+
+    def checked(state: Any) -> dict[str, Any]:
+        if not isinstance(state, dict) or not all(
+            isinstance(state.get(k), dict) for k in ("Services", "Checks")
+        ):
+            raise BadRequest("Catalog.NodeState answered a map of the wrong shape")
+        return state
+
+    return d.addCallback(checked)
 
 
 class ServerEndpoints:
@@ -80,11 +110,12 @@ class ServerEndpoints:
         d: Deferred[Any] = self._agent.consensus.apply({"Type": "deregister", "Request": body})
         return d
 
-    def node_state(self, body: Any) -> dict[str, Any]:
+    def node_state(self, body: Any) -> Deferred[dict[str, Any]]:
+        """A default-mode read: the leader's view (a follower asks the leader)."""
         name = body.get("Node") if isinstance(body, dict) else None
         if not isinstance(name, str) or not name:
-            raise BadRequest("Catalog.NodeState takes {'Node': name}")
-        return node_state(self._agent, name)
+            return fail(BadRequest("Catalog.NodeState takes {'Node': name}"))
+        return read_node_state(self._agent, name, hop=bool(body.get("Hop")))
 
     def dns_lookup(self, body: Any) -> dict[str, Any]:
         if not isinstance(body, dict):

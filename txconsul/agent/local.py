@@ -138,7 +138,12 @@ class LocalState:
         d: Deferred[Any] = self._agent.consensus.apply(command)
         if not d.called:  # a forwarded write, cancelled if the agent stops first
             self._in_flight.add(d)
-            d.addBoth(lambda result: (self._in_flight.discard(d), result)[1])
+
+            def landed(result: object) -> object:
+                self._in_flight.discard(d)
+                return result
+
+            d.addBoth(landed)
 
         def failed(f: Failure) -> Failure | None:
             if f.check(CancelledError):
@@ -171,6 +176,11 @@ class LocalState:
 
     # -- anti-entropy ------------------------------------------------------------
 
+    @property
+    def sync_timer(self) -> IDelayedCall | None:
+        """The timer of the next full sync (tests bring it forward)."""
+        return self._sync_timer
+
     def _cluster_size(self) -> int:
         pool = self._agent.membership.lan
         return len(pool.serf.members) if pool is not None else 1
@@ -181,6 +191,8 @@ class LocalState:
 
     def trigger_sync(self) -> None:
         """A server joined: a full sync within a few seconds (staggered)."""
+        if self._sync_timer is None and not self._syncing:
+            return  # the agent is still starting: its first full sync is to come
         delay = antientropy.stagger(antientropy.SERVER_UP_INTERVAL, self._cluster_size(), self._rng)
         self._sync_after(delay)
 
@@ -241,7 +253,12 @@ class LocalState:
         )
         if not todo.writes():
             return True
-        self.log.info("anti-entropy: {n} catalog entries of this node to correct", n=todo.writes())
+        self.log.info(
+            "anti-entropy: {n} catalog entries of node {node} to correct: {plan}",
+            n=todo.writes(),
+            node=agent.config.node_name,
+            plan=todo,
+        )
         writes: list[Deferred[Any]] = []
         for sid in todo.services:
             service = self.services[sid]

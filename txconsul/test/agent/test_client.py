@@ -8,8 +8,10 @@ py-consul talks to the client, as a Consul user's code would.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -96,6 +98,16 @@ class ClientClusterTestCase(TestCase):
         assert len(leaders) == 1, leaders
         return leaders[0]
 
+    @staticmethod
+    def has_service(server: Agent, node: str, sid: str) -> bool:
+        return sid in server.store.catalog.services.get(node, {})
+
+    async def stale_value(self, agent: Agent, key: str, want: str) -> bool:
+        return await self.kv(agent, key + "?stale") == want
+
+    async def equals(self, got: Any, want: Any) -> bool:
+        return bool(await got == want)
+
     async def kv(self, agent: Agent, key: str, query: str = "") -> str | None:
         code, body = await api_call(agent, "GET", f"/v1/kv/{key}{query}")
         if code != 200:
@@ -113,13 +125,14 @@ class ClientForwardingTests(ClientClusterTestCase):
         self.assertEqual(entry["Value"], b"100")
         self.assertEqual(int(index), entry["ModifyIndex"])
         self.assertIs(await self.call(kv.put, "web/maxconn", "200", cas=entry["ModifyIndex"]), True)
-        self.assertIs(await self.call(kv.put, "web/maxconn", "300", cas=entry["ModifyIndex"]), False)
+        self.assertIs(
+            await self.call(kv.put, "web/maxconn", "300", cas=entry["ModifyIndex"]), False
+        )
         _, entry = await self.call(kv.get, "web/maxconn")
         self.assertEqual(entry["Value"], b"200")
         # every server has it; the client's own store has nothing
         for server in servers:
-            await self.wait_for(lambda s=server: self.kv(s, "web/maxconn?stale"))
-            self.assertEqual(await self.kv(server, "web/maxconn?stale"), "200")
+            await self.wait_for(functools.partial(self.stale_value, server, "web/maxconn", "200"))
         self.assertIsNone(c1.store.kv.get("web/maxconn"))
         self.assertEqual(c1.store.catalog.nodes, {})
         # a bad request is refused by the server with its own words
@@ -180,7 +193,7 @@ class ClientForwardingTests(ClientClusterTestCase):
         self.assertIn("serfHealth", {c["CheckID"] for c in checks})
         # the servers have it, the client's store has nothing
         for server in servers:
-            await self.wait_for(lambda s=server: "web" in s.store.catalog.services.get("c1", {}))
+            await self.wait_for(functools.partial(self.has_service, server, "c1", "web"))
         self.assertEqual(c1.store.catalog.services, {})
         # a deregistration travels too
         await self.call(client.agent.service.deregister, "web")
@@ -258,3 +271,61 @@ class ClientForwardingTests(ClientClusterTestCase):
         self.assertEqual(code, 200)
         code, services = await api_call(c1, "GET", "/v1/agent/services")
         self.assertEqual((code, sorted(services)), (200, ["web"]))
+
+
+class ClientStateTests(ClientClusterTestCase):
+    async def passing(self, agent: Agent, service: str) -> list[str]:
+        code, entries = await api_call(agent, "GET", f"/v1/health/service/{service}?passing")
+        self.assertEqual(code, 200, entries)
+        return [e["Node"]["Node"] for e in entries]
+
+    async def test_a_service_deleted_through_a_server_comes_back_with_the_next_full_sync(
+        self,
+    ) -> None:
+        servers = await self.cluster()
+        c1 = await self.client("c1", servers)
+        client = self.py_consul(c1)
+        await self.call(client.agent.service.register, "web", port=80, check={"TTL": "1h"})
+        await self.call(client.agent.check.ttl_pass, "service:web", "fine")
+        body = json.dumps({"Node": "c1", "ServiceID": "web"}).encode()
+        code, _ = await api_call(servers[1], "PUT", "/v1/catalog/deregister", body)
+        self.assertEqual(code, 200)
+        _, nodes = await self.call(client.catalog.service, "web")
+        self.assertEqual(nodes, [])
+        # the next periodic full sync, brought forward, puts it back
+        timer = c1.local.sync_timer
+        assert timer is not None and timer.active()
+        writes = c1.local.writes
+        timer.reset(0)
+        await self.wait_for(lambda: self.passing(c1, "web"))
+        self.assertEqual(await self.passing(c1, "web"), ["c1"])
+        _, checks = await self.call(client.health.checks, "web")
+        self.assertEqual([(c["Status"], c["Output"]) for c in checks], [("passing", "fine")])
+        self.assertEqual(c1.local.writes, writes + 1)  # the service with its check, at once
+        # a full sync that finds nothing to correct writes nothing
+        timer = c1.local.sync_timer
+        assert timer is not None
+        syncs = c1.local.full_syncs
+        timer.reset(0)
+        await self.wait_for(lambda: c1.local.full_syncs > syncs)
+        self.assertEqual(c1.local.writes, writes + 1)
+
+    async def test_a_failed_clients_services_drop_out_of_the_passing_list(self) -> None:
+        servers = await self.cluster()
+        c1 = await self.client("c1", servers)
+        client = self.py_consul(c1)
+        await self.call(client.agent.service.register, "web", port=80)
+        await self.wait_for(lambda: self.equals(self.passing(servers[0], "web"), ["c1"]))
+        start = time.monotonic()
+        await c1.stopService()  # abrupt: no leave, its gossip just stops
+        await self.wait_for(lambda: self.equals(self.passing(servers[0], "web"), []))
+        detected = time.monotonic() - start
+        # the node stays in the catalog, its serfHealth critical
+        code, checks = await api_call(servers[0], "GET", "/v1/health/node/c1")
+        self.assertEqual(code, 200)
+        health = {c["CheckID"]: c["Status"] for c in checks}
+        self.assertEqual(health["serfHealth"], "critical")
+        code, entries = await api_call(servers[0], "GET", "/v1/health/service/web")
+        self.assertEqual([e["Node"]["Node"] for e in entries], ["c1"])
+        # within the failure detection of these gossip timings (100 ms probes)
+        self.assertLess(detected, 5.0)

@@ -8,10 +8,10 @@ server from its own store. A follower cut off from the leader still answers
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import treq
-from twisted.internet import reactor  # noqa: TID251 (real-socket test)
 from twisted.internet.defer import Deferred, fail
 
 from txconsul.agent.agent import Agent
@@ -67,11 +67,14 @@ class ConsistencyTests(ClientClusterTestCase):
         await self.wait_for(lambda: len([s for s in servers if s.consensus.is_leader()]) == 1)
         leader = self.leader(servers)
         followers = [s for s in servers if s is not leader]
+        address = leader.config.rpc_address
         for f in followers:
-            await self.wait_for(
-                lambda f=f: f.consensus.leader_address() == leader.config.rpc_address
-            )
+            await self.wait_for(functools.partial(self.follows, f, address))
         return leader, followers
+
+    @staticmethod
+    def follows(agent: Agent, leader: str) -> bool:
+        return agent.consensus.leader_address() == leader
 
     def hops(self, agent: Agent) -> int:
         assert agent.remote is not None
