@@ -64,15 +64,21 @@ class AgentProcess(ProcessProtocol):
 
 
 def spawn_twistd(
-    reactor: Any, args: list[str], cwd: str, env: dict[str, str] | None = None
+    reactor: Any,
+    args: list[str],
+    cwd: str,
+    env: dict[str, str] | None = None,
+    prefix: list[str] | None = None,
 ) -> AgentProcess:
     """
     Run ``twistd -n --pidfile= txconsul ARGS`` with this Python, its gossip
     pools on free ports unless ARGS name them (a later flag wins); ``env`` is
-    added to this process's environment.
+    added to this process's environment, and ``prefix`` is a command that
+    ``exec``s the rest (it keeps the process id, so signals still reach twistd).
     """
     proto = AgentProcess()
     argv = [
+        *(prefix or []),
         sys.executable,
         "-c",
         "from twisted.scripts.twistd import run; run()",
@@ -85,7 +91,7 @@ def spawn_twistd(
         str(free_port()),
         *args,
     ]
-    reactor.spawnProcess(proto, sys.executable, argv, env={**os.environ, **(env or {})}, path=cwd)
+    reactor.spawnProcess(proto, argv[0], argv, env={**os.environ, **(env or {})}, path=cwd)
     return proto
 
 
@@ -146,11 +152,13 @@ class ServerProcess:
         base_dir: str,
         bootstrap_expect: int,
         env: dict[str, str] | None = None,
+        prefix: list[str] | None = None,
     ) -> None:
         self.name = name
         self.host = host
         self.bootstrap_expect = bootstrap_expect
         self.env = dict(env or {})
+        self.prefix = list(prefix or [])
         self.dir = os.path.join(base_dir, name)
         self.data_dir = os.path.join(self.dir, "data")
         os.makedirs(self.data_dir, exist_ok=True)
@@ -199,7 +207,7 @@ class ServerProcess:
             raise RuntimeError(f"{self.name} is running already")
         if self.proto is not None:
             self.past_output += self.proto.output + b"\n--- restarted ---\n"
-        self.proto = spawn_twistd(reactor, self.args(join), self.dir, self.env)
+        self.proto = spawn_twistd(reactor, self.args(join), self.dir, self.env, self.prefix)
         self.starts += 1
         return self.proto
 
@@ -234,12 +242,15 @@ class ServerCluster:
         n: int = 3,
         hosts: list[str] | None = None,
         env: dict[int, dict[str, str]] | None = None,
+        prefix: dict[int, list[str]] | None = None,
     ) -> None:
         self.reactor = reactor
         hosts = hosts or ["127.0.0.1"] * n
         env = env or {}
+        prefix = prefix or {}
         self.servers = [
-            ServerProcess(f"s{i + 1}", hosts[i], base_dir, n, env.get(i)) for i in range(n)
+            ServerProcess(f"s{i + 1}", hosts[i], base_dir, n, env.get(i), prefix.get(i))
+            for i in range(n)
         ]
 
     def start(self, server: ServerProcess | None = None) -> None:

@@ -69,6 +69,18 @@ class WriteRecord:
     outcome: object
 
 
+@attrs.frozen
+class ReadRecord:
+    """A GET as one server answered it, on the monotonic clock (for per-server checks)."""
+
+    target: str
+    mode: str
+    called: float
+    returned: float
+    #: whether the server answered with the key (200) or its absence (404)
+    answered: bool
+
+
 @attrs.define
 class Client:
     """One Jepsen process: pinned to ``targets[0]``, or any of ``targets`` per operation."""
@@ -108,6 +120,7 @@ class RegisterWorkload:
         self.counts: Counter[str] = Counter()
         self.completed = 0
         self.writes: list[WriteRecord] = []
+        self.reads: list[ReadRecord] = []
         self._running = False
         self._serial = 0
         self._pool = HTTPConnectionPool(reactor, persistent=True)
@@ -171,15 +184,18 @@ class RegisterWorkload:
         """One GET; the value (``None`` if absent) and its ModifyIndex, or None on failure."""
         url = f"{target}/v1/kv/{key}" + ("?consistent" if mode == "consistent" else "")
         handle = self.recorder.invoke(client, Get(key)) if record else None
+        called = time.monotonic()
         try:
             code, body = await self._request("GET", url)
         except (_Refused, _Unknown) as e:
+            self.reads.append(ReadRecord(target, mode, called, time.monotonic(), False))
             if handle is not None:
                 self.recorder.fail(handle)  # a read has no effect
             self.counts[f"read-{mode}-error"] += 1
             if isinstance(e, _Refused):
                 raise
             return None
+        self.reads.append(ReadRecord(target, mode, called, time.monotonic(), code in (200, 404)))
         if code == 404:
             value: object = None
             index = 0
