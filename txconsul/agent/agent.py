@@ -19,7 +19,7 @@ from typing import Any
 
 import attrs
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, fail, succeed
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.logger import Logger
 from twisted.web.server import Site
@@ -281,6 +281,14 @@ class Agent(MultiService):
             consumeErrors=True,
         )
 
+    async def _leave(self) -> None:
+        servers = self.servers
+        if servers is not None:
+            await servers.hand_over()
+        await self.membership.leave()
+        if servers is not None:
+            await servers.wait_removed()
+
     # -- membership -----------------------------------------------------------------------
 
     def member(self) -> dict[str, Any]:
@@ -288,8 +296,12 @@ class Agent(MultiService):
         return self.membership.self_member()
 
     def leave(self) -> Deferred[None]:
-        """Leave the gossip pools gracefully, then shut the agent down."""
-        d = self.membership.leave()
+        """
+        Leave gracefully, then shut the agent down: a server that leads hands
+        its leadership over first, every agent leaves the gossip pools, and a
+        server then waits to be taken out of the Raft voters (as Consul does).
+        """
+        d = ensureDeferred(self._leave())
 
         def done(result: object) -> object:
             self.reactor.callLater(0, self.shutdown)

@@ -321,6 +321,7 @@ class RaftNode(Service):
                 role=out.role.value,
                 term=out.term,
                 leader=out.leader or "unknown",
+                server=self.me,
             )
             if out.role is not Role.LEADER and self._waiting:
                 waiting, self._waiting = self._waiting, {}

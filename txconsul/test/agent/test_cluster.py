@@ -14,6 +14,7 @@ from typing import Any
 
 from twisted.internet import reactor  # noqa: TID251 (real-socket test)
 from twisted.internet.defer import gatherResults
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from txconsul.agent.agent import Agent
@@ -251,3 +252,39 @@ class ClusterTestCase(TestCase):
         await self.wait_for(lambda: alone.consensus.leader_address() == "")
         code, body = await self.http(alone, "PUT", "/v1/kv/nobody", b"1")
         self.assertEqual((code, body), (500, "No cluster leader\n"))
+
+    async def test_a_leader_that_leaves_hands_over_and_nobody_waits_for_an_election(
+        self,
+    ) -> None:
+        agents = await self.cluster()
+        await self.wait_for(lambda: len(self.leaders(agents)) == 1)
+        old = self.leaders(agents)[0]
+        rest = [a for a in agents if a is not old]
+        for agent in rest:
+            await self.wait_for(functools.partial(self.knows, agent, old))
+        assert old.servers is not None and old.servers.node is not None
+        term = old.servers.node.core.term
+        roles: list[tuple[str, str]] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            if event.get("log_format", "").startswith("raft: {role}"):
+                roles.append((event["server"], event["role"]))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        code, _ = await self.http(old, "PUT", "/v1/agent/leave")
+        self.assertEqual(code, 200)
+        await self.wait_for(lambda: len(self.leaders(rest)) == 1)
+        new = self.leaders(rest)[0]
+        assert new.servers is not None and new.servers.node is not None
+        # TimeoutNow: the target stood at once, in the next term, with no pre-vote
+        self.assertEqual(new.servers.node.core.term, term + 1)
+        others = {a.config.rpc_address for a in rest}
+        self.assertNotIn("pre-candidate", [role for server, role in roles if server in others])
+        self.assertIn((new.config.rpc_address, "candidate"), roles)
+        await self.wait_for(lambda: old.config.rpc_address not in new.consensus.peers())
+        code, body = await self.http(new, "PUT", "/v1/kv/after-leave", b"1")
+        self.assertEqual((code, body), (200, True))
+
+    def knows(self, agent: Agent, leader: Agent) -> bool:
+        return agent.consensus.leader_address() == leader.config.rpc_address
