@@ -19,7 +19,7 @@ from typing import Any
 
 import attrs
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, fail, succeed
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.logger import Logger
 from twisted.web.server import Site
@@ -29,7 +29,6 @@ from txconsul.agent.endpoints import read_node_state
 from txconsul.agent.listeners import TCPListener
 from txconsul.agent.local import LocalState
 from txconsul.agent.membership import Membership
-from txconsul.agent.reconcile import Reconciler
 from txconsul.agent.remote import Remote, RemoteConsensus
 from txconsul.agent.servers import ServerConsensus, Servers
 from txconsul.config import AgentConfig
@@ -38,7 +37,6 @@ from txconsul.dns.server import DNSService
 from txconsul.errors import ConfigError, TxConsulError
 from txconsul.gossip.serf import MemberEvent
 from txconsul.http.app import HTTPApi
-from txconsul.raft.single import SingleNodeLog
 from txconsul.rpc.protocol import RPCClient
 from txconsul.state.fsm import FSM
 from txconsul.state.store import StateStore
@@ -126,39 +124,34 @@ class Agent(MultiService):
         self.node_id = config.node_id
         self.store = StateStore()
         self.fsm = FSM(self.store)
-        self.consensus: SingleNodeLog | ServerConsensus | RemoteConsensus = SingleNodeLog(
-            self.fsm, config.rpc_address
-        )
+        self.consensus: ServerConsensus | RemoteConsensus
         self.local = LocalState(self, reactor, self.rng)
-        # a server with bootstrap_expect runs Raft (the others keep the one-server
-        # log for now); it binds port 8300 before the pools tag it
+        # every server runs Raft (``--dev`` as a cluster of one) and binds port
+        # 8300 before the pools tag it
         self.servers: Servers | None = None
-        if config.server and not config.dev and config.bootstrap_expect:
+        if config.server:
             self.servers = Servers(self, reactor, time.monotonic, self.rng)
             self.servers.setName("servers")
             self.servers.setServiceParent(self)
             self.consensus = self.servers.consensus
         # a client agent keeps no state: it asks the servers (txconsul.agent.remote);
         # a server asks the leader for the reads that need it
-        self.remote: Remote | None = None
-        if not config.server:
+        if self.servers is not None:
+            self.remote = Remote(
+                self, self.servers.client, reactor, self.rng, leader=self.consensus.leader_address
+            )
+        else:
             self.remote = Remote(
                 self, RPCClient(reactor, reactor), reactor, self.rng, own_client=True
             )
             self.consensus = RemoteConsensus(self.remote)
-        elif self.servers is not None:
-            consensus = self.consensus
-            self.remote = Remote(
-                self, self.servers.client, reactor, self.rng, leader=consensus.leader_address
-            )
-        if self.remote is not None:
-            self.remote.setName("remote")
-            self.remote.setServiceParent(self)
+        self.remote.setName("remote")
+        self.remote.setServiceParent(self)
         self.membership = Membership(self, time.monotonic, self.rng)
         self.membership.setName("gossip")
         self.membership.setServiceParent(self)
-        if config.server:
-            self.membership.subscribe(self.servers.reconciler if self.servers else Reconciler(self))
+        if self.servers is not None:
+            self.membership.subscribe(self.servers.reconciler)
         self.membership.subscribe(self._server_joined)
         self.http_api = HTTPApi(self, clock, self.rng)
         self.site = APISite(self.http_api.resource())
@@ -168,7 +161,7 @@ class Agent(MultiService):
         self.dns: DNSService | None = None
         if config.ports["dns"] >= 0:
             authority = None
-            if self.remote is not None and not config.server:
+            if not config.server:
                 authority = RemoteAuthority(self.remote.call, config)
             self.dns = DNSService(reactor, self.store, self.consensus, config, self.rng, authority)
             self.dns.setName("dns")
@@ -229,13 +222,9 @@ class Agent(MultiService):
             d.addCallback(lambda _: servers.when_leader())
             d.addCallback(lambda _: self._register_self())
             d.addCallback(lambda _: self.local.load(self.config.services, self.config.checks))
-        elif not self.config.server:  # a client: its servers are found through the joins
+        else:  # a client: its servers are found through the joins too
             d = self.membership.start_joins()
             d.addCallback(lambda _: self.local.load(self.config.services, self.config.checks))
-        else:
-            d = self._register_self()
-            d.addCallback(lambda _: self.local.load(self.config.services, self.config.checks))
-            d.addCallback(lambda _: self.membership.start_joins())
         d.addCallback(lambda _: self.local.start_sync())
         d.addCallback(lambda _: self._became_ready())
 
@@ -325,6 +314,14 @@ class Agent(MultiService):
             consumeErrors=True,
         )
 
+    async def _leave(self) -> None:
+        servers = self.servers
+        if servers is not None:
+            await servers.hand_over()
+        await self.membership.leave()
+        if servers is not None:
+            await servers.wait_removed()
+
     # -- membership -----------------------------------------------------------------------
 
     def member(self) -> dict[str, Any]:
@@ -332,8 +329,12 @@ class Agent(MultiService):
         return self.membership.self_member()
 
     def leave(self) -> Deferred[None]:
-        """Leave the gossip pools gracefully, then shut the agent down."""
-        d = self.membership.leave()
+        """
+        Leave gracefully, then shut the agent down: a server that leads hands
+        its leadership over first, every agent leaves the gossip pools, and a
+        server then waits to be taken out of the Raft voters (as Consul does).
+        """
+        d = ensureDeferred(self._leave())
 
         def done(result: object) -> object:
             self.reactor.callLater(0, self.shutdown)

@@ -62,8 +62,6 @@ def read_node_state(agent: Agent, name: str, hop: bool = False) -> Deferred[dict
         return succeed(node_state(agent, name))
     if hop and agent.config.server:
         return fail(NotLeader(agent.consensus.leader_address()))
-    if agent.remote is None:
-        return fail(NoLeader("No cluster leader"))
     body = {"Node": name, "Hop": agent.config.server}
     d: Deferred[Any] = agent.remote.call("Catalog.NodeState", body, idempotent=True)
 

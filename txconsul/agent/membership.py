@@ -345,7 +345,7 @@ class Membership(Service):
             tags["raft_vsn"] = "3"
             if c.bootstrap_expect:
                 tags["expect"] = str(c.bootstrap_expect)
-            elif c.dev:
+            elif c.bootstrap:
                 tags["bootstrap"] = "1"
             if not wan and self.wan is not None:
                 tags["wan_join_port"] = str(self.wan.gossip.address()[1])

@@ -7,14 +7,19 @@ is updated with the bound port before the gossip pools publish it), plugs the
 Raft transport into it, and starts the ``RaftNode`` once it knows the first
 configuration:
 
+- ``--bootstrap`` (and ``--dev``, which implies it): at once, as the only
+  voter; a single voter elects itself without waiting for anyone;
 - ``--bootstrap-expect N``: once N alive servers of this datacenter are in the
   LAN pool and none of them is in a cluster yet, all start with the same
   sorted voter list;
 - a server that finds another already in a cluster starts with no voters and
-  waits for the leader to add it.
+  waits for the leader to add it; with neither flag that is all a new server
+  does (as in Consul).
 
 The leader then keeps the voters in step with the pool, one change at a time:
-alive servers are added, servers that left are removed. ``ServerConsensus``
+alive servers are added, servers that left are removed. A server in
+bootstrap mode is not added while another one is in the pool (two dev agents
+that join stay two clusters, as Consul refuses the same). ``ServerConsensus``
 is the agent's ``IConsensus``: writes on a follower are forwarded to the
 leader (RPC ``Raft.Apply``); reads answer from the local store, which may be
 stale on a follower.
@@ -29,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
-from twisted.internet.task import LoopingCall
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -54,6 +59,10 @@ if TYPE_CHECKING:
 TICK = 0.2
 #: the timeout of one RPC between servers
 RPC_TIMEOUT = 5.0
+#: how long a leaving server waits to be removed from the voters (Consul's 5 s)
+LEAVE_DRAIN = 5.0
+#: how often a leaving server looks at its raft state
+LEAVE_POLL = 0.02
 
 
 @attrs.frozen
@@ -64,6 +73,7 @@ class ServerInfo:
     id: str
     address: str
     status: MemberStatus
+    bootstrap: bool = False
 
 
 class ClusterReconciler(Reconciler):
@@ -141,13 +151,11 @@ class Servers(MultiService):
         self.dispatcher.register("Status.Leader", lambda body: self.consensus.leader_address())
         self.dispatcher.register("Operator.RaftRemovePeerByAddress", self._rpc_remove_peer)
         ServerEndpoints(agent).install(self.dispatcher)  # what clients and followers ask
-        # a dev server is its own cluster: it needs no port (and tests run many at once)
-        self.listener: RPCListener | None = None
-        if not c.dev:
-            self.listener = RPCListener(
-                reactor, self.dispatcher, portno=c.ports["server"], interface=c.bind_addr
-            )
-            self.listener.setServiceParent(self)
+        # a dev server binds its port too: client agents may join it (tests use port 0)
+        self.listener: RPCListener | None = RPCListener(
+            reactor, self.dispatcher, portno=c.ports["server"], interface=c.bind_addr
+        )
+        self.listener.setServiceParent(self)
         self.client = RPCClient(reactor, reactor)
         self.forwarder = Forwarder(
             lambda address, method, body: self.client.call(address, method, body, RPC_TIMEOUT),
@@ -162,6 +170,7 @@ class Servers(MultiService):
         self.transport: RaftTransport | None = None
         self.node: RaftNode | None = None
         self._loop: LoopingCall | None = None
+        self._polls: list[LoopingCall] = []
         self._deciding = False
         self._was_leader = False
 
@@ -181,8 +190,13 @@ class Servers(MultiService):
             self.transport.me = self.me
             self.listener.set_raft_handler(self.transport.handle_inbound)
         self.transport.startService()
-        if agent.config.dev:
+        if agent.config.bootstrap:
             self._start_node([self.me])
+        elif not agent.config.bootstrap_expect:
+            self.log.info(
+                "no bootstrap or bootstrap_expect: waiting to be added to a cluster"
+                " (the agent is ready once it has a leader)"
+            )
         self._loop = LoopingCall(self._tick)
         self._loop.clock = self._reactor
         self._loop.start(TICK, now=False).addErrback(
@@ -190,9 +204,11 @@ class Servers(MultiService):
         )
 
     def stopService(self) -> Deferred[Any]:
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
+        for loop in [self._loop, *self._polls]:
+            if loop is not None and loop.running:
+                loop.stop()  # a when_leader() still waiting never fires: the agent is stopping
         self._loop = None
+        self._polls = []
         if self.transport is not None:
             self.transport.receive = None  # frames still arriving must not reach a stopped node
         d: Deferred[Any] = super().stopService()  # the node (if started), then the listener
@@ -236,12 +252,63 @@ class Servers(MultiService):
         def check() -> None:
             if self._has_leader():
                 poll.stop()
+                self._polls.remove(poll)
                 d.callback(None)
 
         poll = LoopingCall(check)
         poll.clock = self._reactor
         poll.start(0.05, now=False).addErrback(d.errback)
+        self._polls.append(poll)
         return d
+
+    # -- graceful leave ---------------------------------------------------------------
+
+    async def hand_over(self) -> None:
+        """
+        A leader that leaves first hands leadership to the most up-to-date voter
+        (TimeoutNow), so the others elect it at once instead of waiting out an
+        election timeout; waits until it no longer leads (at most the transfer's
+        own deadline, one election timeout, and a margin).
+        """
+        node = self.node
+        if node is None or node.core is None or node.core.role is not Role.LEADER:
+            return
+        if len(node.peers()) < 2:
+            return  # a cluster of one has nobody to hand over to
+        if not node.transfer_leadership():
+            self.log.warn("leaving as the leader: no voter to hand leadership to")
+            return
+        self.log.info("leaving: handing raft leadership over")
+        limit = 2 * node.core.timing.election_timeout
+        if await self._until(lambda: node.core is None or node.core.role is not Role.LEADER, limit):
+            self.log.info("leaving: {leader} leads now", leader=node.leader_address() or "nobody")
+        else:
+            self.log.warn("leaving: leadership transfer did not finish in {limit}s", limit=limit)
+
+    async def wait_removed(self, limit: float = LEAVE_DRAIN) -> None:
+        """
+        After the gossip leave, wait (at most ``limit``) until the leader has
+        taken this server out of the voters: stopping before that would leave
+        a voter missing, and a quorum one server closer to being lost.
+        """
+        node = self.node
+        if node is None or node.core is None or node.halted:
+            return
+        if self.me not in node.peers() or len(node.peers()) < 2:
+            return
+        if await self._until(lambda: self.me not in node.peers() or node.halted, limit):
+            self.log.info("leaving: removed from the raft voters")
+        else:
+            self.log.warn("leaving: still a raft voter after {limit}s", limit=limit)
+
+    async def _until(self, done: Callable[[], bool], limit: float) -> bool:
+        waited = 0.0
+        while not done():
+            if waited >= limit or not self.running:
+                return False
+            await deferLater(self._reactor, LEAVE_POLL, lambda: None)
+            waited += LEAVE_POLL
+        return True
 
     def _has_leader(self) -> bool:
         node = self.node
@@ -267,7 +334,15 @@ class Servers(MultiService):
             if tags.get("role") != "consul" or tags.get("dc", dc) != dc or not port.isdigit():
                 continue
             address = f"{member.address[0]}:{port}"
-            out.append(ServerInfo(member.name, tags.get("id", ""), address, member.status))
+            out.append(
+                ServerInfo(
+                    member.name,
+                    tags.get("id", ""),
+                    address,
+                    member.status,
+                    tags.get("bootstrap") == "1",
+                )
+            )
         return out
 
     def _tick(self) -> None:
@@ -312,6 +387,10 @@ class Servers(MultiService):
         config = set(node.peers())
         servers = self.servers()
         alive = {s.address for s in servers if s.status == MemberStatus.ALIVE}
+        bootstrapping = [s for s in servers if s.bootstrap and s.status == MemberStatus.ALIVE]
+        if len(bootstrapping) > 1:
+            # two servers that each elect themselves: never mix their logs
+            alive -= {s.address for s in bootstrapping} - config
         left = {s.address for s in servers if s.status == MemberStatus.LEFT} - alive
         change: set[str] | None = None
         for address in sorted(alive - config):

@@ -343,7 +343,7 @@ class HTTPApi:
             agent = self.agent
             if not leads(agent):
                 # a follower: the leader answers (a request sent on already stops here)
-                if getattr(request, "hop", False) or agent.remote is None:
+                if getattr(request, "hop", False):
                     raise NoLeader("No cluster leader")
                 try:
                     body = read_body(request, MAX_JSON_BODY)
@@ -440,7 +440,7 @@ class APIRoot(Resource):
         except UnicodeDecodeError:
             return HTTPApi.plain_error(request, 400, "Invalid URL encoding: not UTF-8")
         agent = self._api.agent
-        if agent.remote is not None and not agent.config.server and forwarded(path):
+        if not agent.config.server and forwarded(path):
             return self._later(request, self._forward(request))
         for prefix, methods in self._api.fast_routes.items():
             if path.startswith(prefix) and len(path) > len(prefix) and b"//" not in path:
@@ -457,7 +457,6 @@ class APIRoot(Resource):
     def _forward(self, request: IRequest) -> Deferred[bytes]:
         """A client agent's request, answered by a server."""
         remote = self._api.agent.remote
-        assert remote is not None
         try:
             body = read_body(request, MAX_JSON_BODY)
         except TxConsulError as e:

@@ -23,7 +23,7 @@ from typing import Any
 import attrs
 import msgpack
 from twisted.logger import Logger
-from zope.interface import Interface, implementer
+from zope.interface import Attribute, Interface, implementer
 
 from txconsul.errors import TxConsulError
 from txconsul.raft.core import Restored, Snapshot
@@ -35,6 +35,11 @@ class StoreFailed(TxConsulError):
 
 
 class ILogStore(Interface):
+    volatile = Attribute(
+        "True when ``sync()`` costs nothing because nothing reaches a disk (a dev"
+        " server's store): batching writes to share an fsync gains nothing then."
+    )
+
     def load() -> Restored:
         """Everything durable, to start a core from."""
 
@@ -90,6 +95,8 @@ class MemoryLogStore:
     A log store in memory that survives a simulated crash: what ``sync()``
     made durable stays, the batch after it is lost.
     """
+
+    volatile = True
 
     def __init__(self) -> None:
         self._durable = _Image()
@@ -173,6 +180,7 @@ class SQLiteLogStore:
     """
 
     log = Logger()
+    volatile = False
 
     def __init__(self, directory: str) -> None:
         os.makedirs(directory, exist_ok=True)

@@ -10,7 +10,11 @@ applies), applies committed commands to the FSM, and implements
 FSM's result once the command is committed and applied here.
 
 Commands given to ``apply`` within one reactor turn are proposed together:
-one log append, one fsync, one round of AppendEntries.
+one log append, one fsync, one round of AppendEntries. A lone voter over a
+volatile store (``--dev``) has neither an fsync nor a round to share, so it
+proposes, commits and applies before ``apply`` returns; being its own quorum,
+it also elects itself before ``startService`` returns. Such a server runs no
+timer at all.
 
 A failed sync halts the node: every waiting Deferred fails, nothing more is
 acknowledged or sent, and the other servers elect a new leader.
@@ -117,7 +121,10 @@ class RaftNode(Service):
             self.me, self._voters, self._monotonic(), self._rng, self._timing, restored
         )
         super().startService()
-        self._arm()
+        if self.core.next_deadline() <= self._monotonic():
+            self._tick()  # a lone voter's election is due at once
+        else:
+            self._arm()
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
@@ -185,8 +192,16 @@ class RaftNode(Service):
         d: Deferred[Any] = Deferred()
         self._queued.append((msgpack.packb(command, use_bin_type=True), d))
         if self._flush_call is None:
-            self._flush_call = self._reactor.callLater(0, self._flush)
+            if self._batching_gains_nothing():
+                self._flush()
+            else:
+                self._flush_call = self._reactor.callLater(0, self._flush)
         return d
+
+    def _batching_gains_nothing(self) -> bool:
+        """A lone voter whose store never reaches a disk: no fsync, no round to share."""
+        assert self.core is not None
+        return bool(self._store.volatile) and self.core.config == (self.me,)
 
     def _flush(self) -> None:
         self._flush_call = None
@@ -306,6 +321,7 @@ class RaftNode(Service):
                 role=out.role.value,
                 term=out.term,
                 leader=out.leader or "unknown",
+                server=self.me,
             )
             if out.role is not Role.LEADER and self._waiting:
                 waiting, self._waiting = self._waiting, {}

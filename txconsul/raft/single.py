@@ -2,8 +2,10 @@
 """
 A one-server log: each command gets the next index and is applied at once.
 
-It has the same interface as Raft (``txconsul.interfaces.IConsensus``), so the
-HTTP and state code never know which one they talk to.
+Only client agents still use it, until they forward to servers; every server
+(``--dev`` included) runs Raft. It has the same interface as Raft
+(``txconsul.interfaces.IConsensus``), so the HTTP and state code never know
+which one they talk to.
 """
 
 from typing import Any

@@ -10,12 +10,17 @@ well-known text (``"No cluster leader"``, ``"Permission denied"``, ``"No path
 to datacenter"``) we use it. An error string no entry claims becomes
 ``RemoteError``.
 
-Other packages add their own types with ``register_error`` (for instance Raft's
-``LeadershipLost``, whose outcome is unknown, apart from plain ``NoLeader``).
+Types that carry more than a message have their own entry: ``NotLeader``
+names the leader, ``TxnFailed`` carries its list of failed operations (as
+JSON), and Raft's ``LeadershipLost`` (a ``NoLeader`` whose write may or may
+not have committed) stays apart from plain ``NoLeader`` so that nobody retries
+it as if it had never been applied. Other packages add their own types with
+``register_error``.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import attrs
@@ -32,6 +37,8 @@ from txconsul.errors import (
 )
 from txconsul.raft.core import NotLeader
 from txconsul.raft.messages import MalformedFrame
+from txconsul.raft.node import LeadershipLost
+from txconsul.state.fsm import TxnFailed
 
 
 class UnknownMethod(BadRequest):
@@ -126,6 +133,20 @@ def _not_leader_message(error: TxConsulError) -> str:
     return error.leader if isinstance(error, NotLeader) else ""
 
 
+def _txn_errors(error: TxConsulError) -> str:
+    return json.dumps(error.errors if isinstance(error, TxnFailed) else [])
+
+
+def _txn_failed(text: str) -> TxConsulError:
+    try:
+        errors = json.loads(text)
+    except ValueError:
+        errors = None
+    if not isinstance(errors, list) or not all(isinstance(e, dict) for e in errors):
+        return RemoteError(f"Transaction failed: {text}")
+    return TxnFailed(errors)
+
+
 register_error(TxConsulError, "Internal error")
 register_error(BadRequest, "Bad request")
 register_error(PermissionDenied, "Permission denied")
@@ -134,6 +155,8 @@ register_error(MethodNotAllowed, "Method not allowed")
 register_error(Conflict, "Conflict")
 register_error(TooLarge, "Too large")
 register_error(NoLeader, "No cluster leader")
+register_error(LeadershipLost, "Leadership lost")
+register_error(TxnFailed, "Transaction failed", _txn_failed, _txn_errors)
 register_error(NoServers, "No known Consul servers")
 register_error(NoPathToDatacenter, "No path to datacenter")
 register_error(NotLeader, "Not the leader", NotLeader, _not_leader_message)

@@ -9,7 +9,8 @@ request for another datacenter goes to one of that datacenter's servers. A
 failure that left the request unsent (``RPCConnectError``) or unserved
 (``NoLeader``, ``NotLeader``) is retried after a backoff with jitter from the
 injected ``random.Random``; a call that may have been applied (``RPCTimeout``,
-``RPCConnectionLost``) is retried only when the caller says it is idempotent;
+``RPCConnectionLost``, and Raft's ``LeadershipLost``: the leader stepped down
+with the write in its log) is retried only when the caller says it is idempotent;
 any other error is the answer. Past the deadline the forwarder gives up with
 ``NoLeader`` ("No cluster leader"), ``NoServers`` ("No known Consul
 servers"), ``NoPathToDatacenter`` ("No path to datacenter") or the last error.
@@ -32,6 +33,7 @@ from twisted.python.failure import Failure
 
 from txconsul.errors import NoLeader, TxConsulError
 from txconsul.raft.core import NotLeader
+from txconsul.raft.node import LeadershipLost
 from txconsul.rpc.errors import (
     NoPathToDatacenter,
     NoServers,
@@ -202,6 +204,9 @@ class _Attempt:
                 self._try()
                 return
             self.last_error = NoLeader("No cluster leader")
+        elif isinstance(error, LeadershipLost) and not self.idempotent:
+            self.result.errback(failure)  # it may have committed: never apply it twice
+            return
         elif isinstance(error, NoLeader):
             self.last_error = error
         elif isinstance(error, RPCConnectError) or (

@@ -105,6 +105,8 @@ class WrongTypes(ConfigFiles):
             ("ports", "8500"),
             ("bootstrap_expect", "3"),
             ("bootstrap_expect", True),
+            ("bootstrap", "true"),
+            ("bootstrap", 1),
             ("encrypt", 16),
             ("ui", "yes"),
             ("log_level", 3),
@@ -152,6 +154,46 @@ class WrongTypes(ConfigFiles):
     def test_data_dir_required_without_dev(self) -> None:
         error = self.assertRaises(ConfigError, load, {"node_name": "node1"})
         self.assertIn("data_dir", str(error))
+
+
+class BootstrapModes(ConfigFiles):
+    SERVER = {"node_name": "node1", "server": True, "data_dir": "/d"}
+
+    def test_bootstrap_makes_a_server_that_elects_itself(self) -> None:
+        config = load({**self.SERVER, "bootstrap": True})
+        self.assertEqual((config.bootstrap, config.bootstrap_expect), (True, 0))
+        self.assertFalse(load(self.SERVER).bootstrap)
+
+    def test_dev_is_bootstrap_mode_and_ignores_bootstrap_expect(self) -> None:
+        self.assertTrue(load(DEV).bootstrap)
+        config = load({**DEV, "bootstrap_expect": 3})
+        self.assertEqual((config.bootstrap, config.bootstrap_expect), (True, 0))
+
+    def test_bootstrap_expect_of_one_is_bootstrap_mode(self) -> None:
+        config = load({**self.SERVER, "bootstrap_expect": 1})
+        self.assertEqual((config.bootstrap, config.bootstrap_expect), (True, 0))
+
+    def test_bootstrap_needs_server_mode_and_excludes_bootstrap_expect(self) -> None:
+        error = self.assertRaises(
+            ConfigError, load, {"node_name": "n", "data_dir": "/d", "bootstrap": True}
+        )
+        self.assertIn("bootstrap needs server mode", str(error))
+        self.assertRefused({"bootstrap": True, "bootstrap_expect": 3}, "mutually exclusive")
+
+    def test_servers_stay_voters_on_signals_and_clients_leave_as_in_consul(self) -> None:
+        server = load(self.SERVER)
+        self.assertEqual((server.leave_on_terminate, server.skip_leave_on_interrupt), (False, True))
+        client = load({"node_name": "c", "data_dir": "/d"})
+        self.assertEqual((client.leave_on_terminate, client.skip_leave_on_interrupt), (True, False))
+        told = load({**self.SERVER, "leave_on_terminate": True, "skip_leave_on_interrupt": False})
+        self.assertEqual((told.leave_on_terminate, told.skip_leave_on_interrupt), (True, False))
+        self.assertRefused({"leave_on_terminate": "yes"}, "leave_on_terminate")
+
+    def test_the_bootstrap_flag(self) -> None:
+        options = Options()
+        options.parseOptions(["--node", "n", "--server", "--bootstrap", "--data-dir", "/d"])
+        assert options.config is not None
+        self.assertTrue(options.config.bootstrap)
 
 
 class BadPorts(ConfigFiles):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import json
 import random
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -39,7 +40,14 @@ from txconsul.testing.linearizability import (
     Put,
 )
 
-__all__ = ["Client", "RegisterWorkload", "lost_writes", "history_to_json", "history_from_json"]
+__all__ = [
+    "Client",
+    "WriteRecord",
+    "RegisterWorkload",
+    "lost_writes",
+    "history_to_json",
+    "history_from_json",
+]
 
 
 class _Refused(Exception):
@@ -48,6 +56,29 @@ class _Refused(Exception):
 
 class _Unknown(Exception):
     """The request may or may not have been applied."""
+
+
+@attrs.frozen
+class WriteRecord:
+    """A PUT or CAS as one server saw it, on the monotonic clock (for per-server checks)."""
+
+    target: str
+    called: float
+    returned: float
+    #: True or False (answered), None (unknown outcome), "refused"
+    outcome: object
+
+
+@attrs.frozen
+class ReadRecord:
+    """A GET as one server answered it, on the monotonic clock (for per-server checks)."""
+
+    target: str
+    mode: str
+    called: float
+    returned: float
+    #: whether the server answered with the key (200) or its absence (404)
+    answered: bool
 
 
 @attrs.define
@@ -88,6 +119,8 @@ class RegisterWorkload:
         self.recorder = HistoryRecorder()
         self.counts: Counter[str] = Counter()
         self.completed = 0
+        self.writes: list[WriteRecord] = []
+        self.reads: list[ReadRecord] = []
         self._running = False
         self._serial = 0
         self._pool = HTTPConnectionPool(reactor, persistent=True)
@@ -122,8 +155,9 @@ class RegisterWorkload:
                     await self.write(client.name, target, key)
                 else:
                     await self.cas(client.name, target, key)
-            except _Refused:
-                # nothing listens there (a killed server): do not spin
+            except (_Refused, _Unknown):
+                # nothing listens there (a killed server), or it answers errors
+                # at once (no leader): do not spin
                 await deferLater(self.reactor, 0.05, lambda: None)
 
     def _value(self, client: str) -> str:
@@ -150,15 +184,18 @@ class RegisterWorkload:
         """One GET; the value (``None`` if absent) and its ModifyIndex, or None on failure."""
         url = f"{target}/v1/kv/{key}" + ("?consistent" if mode == "consistent" else "")
         handle = self.recorder.invoke(client, Get(key)) if record else None
+        called = time.monotonic()
         try:
             code, body = await self._request("GET", url)
         except (_Refused, _Unknown) as e:
+            self.reads.append(ReadRecord(target, mode, called, time.monotonic(), False))
             if handle is not None:
                 self.recorder.fail(handle)  # a read has no effect
             self.counts[f"read-{mode}-error"] += 1
             if isinstance(e, _Refused):
                 raise
             return None
+        self.reads.append(ReadRecord(target, mode, called, time.monotonic(), code in (200, 404)))
         if code == 404:
             value: object = None
             index = 0
@@ -180,7 +217,9 @@ class RegisterWorkload:
     async def write(self, client: str, target: str, key: str) -> None:
         value = self._value(client)
         handle = self.recorder.invoke(client, Put(key, value))
-        self._finish(handle, "write", await self._apply(f"{target}/v1/kv/{key}", value))
+        called = time.monotonic()
+        outcome = await self._apply(f"{target}/v1/kv/{key}", value)
+        self._finish(handle, "write", target, called, outcome)
 
     async def cas(self, client: str, target: str, key: str) -> None:
         read = await self.read(client, target, key, "default", record=False)
@@ -189,7 +228,9 @@ class RegisterWorkload:
         expected, index = read
         value = self._value(client)
         handle = self.recorder.invoke(client, Cas(key, expected, value))
-        self._finish(handle, "cas", await self._apply(f"{target}/v1/kv/{key}?cas={index}", value))
+        called = time.monotonic()
+        outcome = await self._apply(f"{target}/v1/kv/{key}?cas={index}", value)
+        self._finish(handle, "cas", target, called, outcome)
 
     async def _apply(self, url: str, value: str) -> object:
         """True/False for an answer, ``_Refused`` or ``UNKNOWN`` otherwise."""
@@ -204,7 +245,11 @@ class RegisterWorkload:
         answer: object = json.loads(body)
         return answer
 
-    def _finish(self, handle: int, op: str, outcome: object) -> None:
+    def _finish(self, handle: int, op: str, target: str, called: float, outcome: object) -> None:
+        seen = (
+            "refused" if isinstance(outcome, _Refused) else None if outcome is UNKNOWN else outcome
+        )
+        self.writes.append(WriteRecord(target, called, time.monotonic(), seen))
         if isinstance(outcome, _Refused):
             self.recorder.fail(handle)
             self.counts[f"{op}-refused"] += 1
@@ -212,7 +257,7 @@ class RegisterWorkload:
         if outcome is UNKNOWN:
             self.recorder.info(handle)
             self.counts[f"{op}-unknown"] += 1
-            return
+            raise _Unknown(op)
         self.recorder.ok(handle, bool(outcome))
         self.completed += 1
         self.counts[f"{op}-{'ok' if outcome else 'false'}"] += 1

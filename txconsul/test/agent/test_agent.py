@@ -59,6 +59,52 @@ class MemoryAgentTests(SynchronousTestCase):
         self.assertEqual(c.node_checks("n1")[0]["Status"], "passing")
         self.assertEqual(list(c.node_services("n1")), ["consul"])
 
+    def test_dev_agent_is_a_one_server_raft_cluster_that_commits_at_once(self) -> None:
+        agent = self.make_agent()
+        assert agent.servers is not None and agent.servers.node is not None
+        node = agent.servers.node
+        self.assertEqual(node.peers(), [agent.config.rpc_address])
+        self.assertTrue(agent.consensus.is_leader())
+        self.assertEqual(agent.consensus.leader_address(), agent.config.rpc_address)
+        indexes = [agent.store.last_index]
+        for i in range(3):
+            command = {"Type": "kv", "Verb": "set", "Key": f"k{i}", "Value": b"v"}
+            self.assertIs(self.successResultOf(agent.consensus.apply(command)), True)
+            indexes.append(agent.store.last_index)
+        self.assertEqual(indexes, sorted(set(indexes)))
+        self.assertEqual(node.core.commit_index, agent.store.last_index)
+        self.assertIsNone(node._timer)  # a lone in-memory voter needs no Raft timer
+
+    def test_server_without_bootstrap_waits_to_be_added_to_a_cluster(self) -> None:
+        self.reactor = MemoryReactorClock()
+        config = load({"node_name": "s1", "server": True, "data_dir": self.mktemp()})
+        agent = Agent(config, self.reactor, random.Random(0))
+        agent.startService()
+        self.addCleanup(agent.stopService)
+        ready = agent.when_ready()
+        for _ in range(100):
+            self.reactor.advance(0.1)
+        self.assertNoResult(ready)
+        assert agent.servers is not None
+        self.assertIsNone(agent.servers.node)
+        self.assertEqual(agent.consensus.leader_address(), "")
+        self.assertFalse(agent.consensus.is_leader())
+        agent.stopService()
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_bootstrap_server_elects_itself_and_registers_itself(self) -> None:
+        self.reactor = MemoryReactorClock()
+        config = load(
+            {"node_name": "s1", "server": True, "bootstrap": True, "data_dir": self.mktemp()}
+        )
+        agent = Agent(config, self.reactor, random.Random(0))
+        agent.startService()
+        self.addCleanup(agent.stopService)
+        self.assertTrue(agent.consensus.is_leader())
+        self.reactor.advance(0)  # on disk, the writes of a turn share one fsync
+        self.successResultOf(agent.when_ready())
+        self.assertEqual(list(agent.store.catalog.node_services("s1")), ["consul"])
+
     def test_client_agent_registers_no_consul_service(self) -> None:
         self.reactor = MemoryReactorClock()
         data_dir = self.mktemp()
@@ -139,8 +185,9 @@ class MemoryAgentTests(SynchronousTestCase):
 
     def test_stopping_the_agent_cancels_its_timers(self) -> None:
         agent = self.make_agent()
+        before = len(self.reactor.getDelayedCalls())  # the server's voter loop
         self.successResultOf(agent.local.add_check(parse_check({"name": "t", "ttl": "10s"})))
-        self.assertEqual(len(self.reactor.getDelayedCalls()), 2)  # the TTL, the next full sync
+        self.assertEqual(len(self.reactor.getDelayedCalls()), before + 1)
         agent.stopService()
         self.assertEqual(self.reactor.getDelayedCalls(), [])
 

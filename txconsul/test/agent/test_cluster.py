@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import base64
 import functools
+import json
 from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import reactor  # noqa: TID251 (real-socket test)
 from twisted.internet.defer import gatherResults
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from txconsul.agent.agent import Agent
@@ -64,6 +66,9 @@ class ClusterTestCase(TestCase):
 
     def knows_leader(self, agent: Agent) -> bool:
         return agent.consensus.leader_address() != ""
+
+    def has_voters(self, agent: Agent, addresses: list[str]) -> bool:
+        return sorted(agent.consensus.peers()) == addresses
 
     def leaders(self, agents: list[Agent]) -> list[Agent]:
         return [a for a in agents if a.running and a.consensus.is_leader()]
@@ -179,3 +184,107 @@ class ClusterTestCase(TestCase):
         await gone.leave()
         await self.wait_for(lambda: address not in leader.consensus.peers())
         self.assertEqual(len(leader.consensus.peers()), 2)
+
+    async def test_a_bootstrap_server_adds_servers_that_join_it(self) -> None:
+        s1 = self.server("s1", bootstrap_expect=0, bootstrap=True)
+        await s1.when_ready()
+        self.assertTrue(s1.consensus.is_leader())
+        s2 = self.server("s2", bootstrap_expect=0, start_join=[lan(s1)])
+        s3 = self.server("s3", bootstrap_expect=0, start_join=[lan(s1)])
+        agents = [s1, s2, s3]
+        await gatherResults([a.when_ready() for a in agents])
+        addresses = sorted(a.config.rpc_address for a in agents)
+        for agent in agents:
+            await self.wait_for(functools.partial(self.has_voters, agent, addresses))
+        code, body = await self.http(s3, "PUT", "/v1/kv/joined", b"yes")
+        self.assertEqual((code, body), (200, True))
+        for agent in agents:
+            await self.wait_for(functools.partial(self.kv, agent, "joined"))
+
+    async def test_a_forwarded_write_fails_on_a_follower_as_on_the_leader(self) -> None:
+        agents = await self.cluster()
+        await self.wait_for(lambda: len(self.leaders(agents)) == 1)
+        leader = self.leaders(agents)[0]
+        follower = next(a for a in agents if a is not leader)
+        await self.wait_for(lambda: follower.consensus.leader_address() != "")
+        code, _ = await self.http(leader, "PUT", "/v1/kv/exists", b"1")
+        self.assertEqual(code, 200)
+        value = base64.b64encode(b"v").decode()
+        txn = json.dumps(
+            [
+                {"KV": {"Verb": "check-not-exists", "Key": "exists"}},
+                {"KV": {"Verb": "set", "Key": "other", "Value": value}},
+            ]
+        ).encode()
+        register = json.dumps(
+            {
+                "Node": "n9",
+                "Address": "10.0.0.9",
+                "Check": {"Name": "c", "ServiceID": "nosuch", "Status": "passing"},
+            }
+        ).encode()
+        cases = [
+            ("PUT", "/v1/txn", txn, 409),
+            ("PUT", "/v1/kv/exists?cas=999999", b"2", 200),
+            ("PUT", "/v1/catalog/register", register, 400),
+        ]
+        for method, path, body, status in cases:
+            on_leader = await self.http(leader, method, path, body)
+            on_follower = await self.http(follower, method, path, body)
+            self.assertEqual(on_leader[0], status, (path, on_leader))
+            self.assertEqual(on_follower, on_leader, path)
+        code, body = await self.http(follower, "PUT", "/v1/txn", txn)
+        self.assertEqual(body["Results"], None)
+        self.assertEqual(body["Errors"][0]["OpIndex"], 0)
+        self.assertEqual(await self.kv(follower, "exists"), "1")
+        self.assertIsNone(await self.kv(leader, "other"))
+
+    async def test_a_server_without_a_leader_answers_no_cluster_leader(self) -> None:
+        agents = await self.cluster()
+        await self.wait_for(lambda: len(self.leaders(agents)) == 1)
+        leader = self.leaders(agents)[0]
+        rest = [a for a in agents if a is not leader]
+        await rest[1].stopService()
+        await leader.stopService()
+        alone = rest[0]
+        assert alone.servers is not None
+        alone.servers.forwarder.deadline = 0.5  # Consul waits 7 s for a leader
+        await self.wait_for(lambda: alone.consensus.leader_address() == "")
+        code, body = await self.http(alone, "PUT", "/v1/kv/nobody", b"1")
+        self.assertEqual((code, body), (500, "No cluster leader\n"))
+
+    async def test_a_leader_that_leaves_hands_over_and_nobody_waits_for_an_election(
+        self,
+    ) -> None:
+        agents = await self.cluster()
+        await self.wait_for(lambda: len(self.leaders(agents)) == 1)
+        old = self.leaders(agents)[0]
+        rest = [a for a in agents if a is not old]
+        for agent in rest:
+            await self.wait_for(functools.partial(self.knows, agent, old))
+        assert old.servers is not None and old.servers.node is not None
+        term = old.servers.node.core.term
+        roles: list[tuple[str, str]] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            if event.get("log_format", "").startswith("raft: {role}"):
+                roles.append((event["server"], event["role"]))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        code, _ = await self.http(old, "PUT", "/v1/agent/leave")
+        self.assertEqual(code, 200)
+        await self.wait_for(lambda: len(self.leaders(rest)) == 1)
+        new = self.leaders(rest)[0]
+        assert new.servers is not None and new.servers.node is not None
+        # TimeoutNow: the target stood at once, in the next term, with no pre-vote
+        self.assertEqual(new.servers.node.core.term, term + 1)
+        others = {a.config.rpc_address for a in rest}
+        self.assertNotIn("pre-candidate", [role for server, role in roles if server in others])
+        self.assertIn((new.config.rpc_address, "candidate"), roles)
+        await self.wait_for(lambda: old.config.rpc_address not in new.consensus.peers())
+        code, body = await self.http(new, "PUT", "/v1/kv/after-leave", b"1")
+        self.assertEqual((code, body), (200, True))
+
+    def knows(self, agent: Agent, leader: Agent) -> bool:
+        return agent.consensus.leader_address() == leader.config.rpc_address

@@ -56,7 +56,7 @@ class GossipAgentTestCase(TestCase):
     timeout = 30
 
     async def agent(self, name: str, server: bool = False, **flags: Any) -> Agent:
-        """A server (dev mode) or client agent with fast LAN and WAN timing."""
+        """A server (dev mode, or bootstrap mode on disk) or client agent with fast timing."""
         flags.setdefault("gossip_lan", FAST)
         flags.setdefault("gossip_wan", FAST)
         flags["server"] = server
@@ -64,6 +64,10 @@ class GossipAgentTestCase(TestCase):
             flags["dev"] = False
         if not flags.get("dev", server):
             flags.setdefault("data_dir", self.mktemp())
+        if server and not flags.get("dev", True):
+            # a one-server cluster on disk, its RPC port free
+            flags.setdefault("bootstrap", True)
+            flags["ports"] = {"server": 0, **flags.get("ports", {})}
         return await start_agent(self, reactor, node_name=name, **flags)
 
     async def http(
@@ -112,7 +116,7 @@ class JoinTests(GossipAgentTestCase):
         self.assertEqual(listing["c1"]["Addr"], "127.0.0.1")
         self.assertEqual(listing["c1"]["Tags"]["role"], "node")
         self.assertEqual(listing["s1"]["Tags"]["role"], "consul")
-        self.assertEqual(listing["s1"]["Tags"]["port"], "8300")
+        self.assertEqual(listing["s1"]["Tags"]["port"], s1.config.rpc_address.rsplit(":")[1])
         self.assertEqual(listing["s1"]["Tags"]["wan_join_port"], wan(s1).rsplit(":", 1)[1])
         self.assertEqual(listing["c2"]["Tags"]["id"], c2.node_id)
         self.assertEqual(

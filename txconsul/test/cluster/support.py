@@ -11,7 +11,11 @@ import os
 import random
 import time
 
+from twisted.internet import reactor  # noqa: TID251 (real-process test)
+from twisted.internet.task import deferLater
+
 from txconsul.testing.linearizability import Get, KVModel, Operation, Verdict, check
+from txconsul.testing.process import ServerProcess, http_json
 from txconsul.testing.register import history_to_json, lost_writes
 
 #: how long the checker may search before the verdict is "unknown" (a failure)
@@ -88,3 +92,52 @@ def final_reads(history: list[Operation]) -> dict[str, object]:
         if isinstance(op.input, Get) and not op.unknown and op.client == "final":
             final[op.input.key] = op.output
     return final
+
+
+async def sleep(seconds: float) -> None:
+    await deferLater(reactor, seconds, lambda: None)
+
+
+async def first_write(servers: list[ServerProcess], key: str, limit: float) -> float:
+    """Seconds until one of ``servers`` acknowledges a PUT of ``key`` (trying each in turn)."""
+    start = time.monotonic()
+    attempt = 0
+    while time.monotonic() - start < limit:
+        server = servers[attempt % len(servers)]
+        attempt += 1
+        try:
+            code, body = await http_json("PUT", f"{server.url}/v1/kv/{key}", b"probe")
+            if code == 200 and body is True:
+                return time.monotonic() - start
+        except Exception:  # noqa: BLE001 - timed out or refused: try the next one
+            pass
+        await sleep(0.05)
+    return float("inf")
+
+
+async def new_leader(servers: list[ServerProcess], limit: float) -> float:
+    """Seconds until one of ``servers`` names one of them as the leader."""
+    start = time.monotonic()
+    addresses = {s.rpc_address for s in servers}
+    while time.monotonic() - start < limit:
+        for server in servers:
+            try:
+                if await server.leader(timeout=0.5) in addresses:
+                    return time.monotonic() - start
+            except Exception:  # noqa: BLE001 - busy: ask again
+                pass
+        await sleep(0.02)
+    return float("inf")
+
+
+async def caught_up(server: ServerProcess, final: dict[str, object]) -> bool:
+    """Whether ``server``'s own store (``?stale``) holds the final value of every key."""
+    for key, value in final.items():
+        try:
+            code, body = await http_json("GET", f"{server.url}/v1/kv/{key}?stale&raw")
+        except Exception:  # noqa: BLE001 - not answering yet
+            return False
+        got = None if code == 404 else body if isinstance(body, str) else str(body)
+        if got != value:
+            return False
+    return True

@@ -231,3 +231,61 @@ class RestartTests(SynchronousTestCase):
         self.assertTrue(again.is_leader())
         for i in range(10):
             self.assertEqual(again._fsm.store.kv.get(f"k{i}").value, b"%d" % i)
+
+
+class LoneVoterTests(SynchronousTestCase):
+    """A one-server cluster (``--dev``, ``--bootstrap``) runs the same node."""
+
+    me = "127.0.0.1:8300"
+
+    def make(self, store) -> tuple[RaftNode, Clock]:
+        clock = Clock()
+        node = RaftNode(
+            self.me,
+            [self.me],
+            FSM(StateStore()),
+            store,
+            FakeTransport(Net(clock), self.me),
+            clock,
+            clock.seconds,
+            random.Random(1),
+            Timing(),
+        )
+        node.startService()
+        self.addCleanup(lambda: node.stopService() if node.running else None)
+        return node, clock
+
+    def test_elects_itself_before_start_returns(self) -> None:
+        node, clock = self.make(MemoryLogStore())
+        self.assertTrue(node.is_leader())
+        self.assertEqual(node.leader_address(), self.me)
+        self.successResultOf(node.when_leader())
+        self.assertEqual(node.core.term, 1)
+
+    def test_in_memory_commits_before_apply_returns_and_arms_no_timer(self) -> None:
+        node, clock = self.make(MemoryLogStore())
+        indexes = []
+        for i in range(3):
+            self.assertIs(self.successResultOf(node.apply(put(f"k{i}", b"v"))), True)
+            indexes.append(node._fsm.store.kv.get(f"k{i}").modify_index)
+        self.assertEqual(indexes, sorted(indexes))
+        self.assertEqual(len(set(indexes)), 3)
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertEqual(self.successResultOf(node.consistent_read()), node.core.commit_index)
+
+    def test_a_failed_command_fails_at_once_and_the_log_goes_on(self) -> None:
+        node, _ = self.make(MemoryLogStore())
+        self.failureResultOf(node.apply({"Type": "nonsense"}))
+        self.assertIs(self.successResultOf(node.apply(put("a", b"1"))), True)
+
+    def test_on_disk_it_still_batches_the_writes_of_a_turn(self) -> None:
+        store = SQLiteLogStore(self.mktemp())
+        node, clock = self.make(store)
+        self.assertTrue(node.is_leader())
+        before = store.syncs
+        ds = [node.apply(put(f"k{i}", b"v")) for i in range(5)]
+        for d in ds:
+            self.assertNoResult(d)
+        clock.advance(0)
+        self.assertEqual([self.successResultOf(d) for d in ds], [True] * 5)
+        self.assertEqual(store.syncs, before + 1)

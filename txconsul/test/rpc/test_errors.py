@@ -16,6 +16,7 @@ from txconsul.errors import (
 )
 from txconsul.raft.core import NotLeader
 from txconsul.raft.messages import MalformedFrame
+from txconsul.raft.node import LeadershipLost
 from txconsul.rpc.errors import (
     NoPathToDatacenter,
     NoServers,
@@ -29,6 +30,7 @@ from txconsul.rpc.errors import (
     register_error,
     unregister_error,
 )
+from txconsul.state.fsm import TxnFailed
 
 
 class ErrorMappingTests(SynchronousTestCase):
@@ -110,6 +112,22 @@ class ErrorMappingTests(SynchronousTestCase):
         back = error_from_wire("rpc error: something Go said")
         self.assertIs(type(back), RemoteError)
         self.assertEqual(str(back), "rpc error: something Go said")
+
+    def test_a_failed_transaction_carries_its_errors(self) -> None:
+        errors = [{"OpIndex": 1, "What": "key 'a' doesn't exist"}]
+        back = self.round_trip(TxnFailed(errors))
+        assert isinstance(back, TxnFailed)
+        self.assertEqual((back.errors, back.code), (errors, 409))
+
+    def test_a_garbled_transaction_error_is_a_remote_error(self) -> None:
+        for text in ("Transaction failed: {nope", "Transaction failed: [1, 2]"):
+            self.assertIs(type(error_from_wire(text)), RemoteError)
+
+    def test_leadership_lost_stays_apart_from_no_leader(self) -> None:
+        back = self.round_trip(LeadershipLost("stepped down"))
+        self.assertIs(type(back), LeadershipLost)
+        self.assertEqual(str(back), "stepped down")
+        self.assertIs(type(self.round_trip(NoLeader("No cluster leader"))), NoLeader)
 
     def test_prefix_must_end_at_a_separator(self) -> None:
         self.assertIs(type(error_from_wire("Not foundling")), RemoteError)

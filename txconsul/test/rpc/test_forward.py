@@ -11,6 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from txconsul.errors import NoLeader, NotFound
 from txconsul.raft.core import NotLeader
+from txconsul.raft.node import LeadershipLost
 from txconsul.rpc.errors import (
     NoPathToDatacenter,
     NoServers,
@@ -187,6 +188,21 @@ class ForwarderTests(SynchronousTestCase):
             d = self.server().forward("KVS.Apply", 1)
             self.calls.last().errback(error)
             self.failureResultOf(d, type(error))
+
+    def test_write_lost_with_leadership_is_not_retried(self) -> None:
+        self.leader = "s1:8300"
+        d = self.server().forward("Raft.Apply", 1)
+        self.calls.last().errback(LeadershipLost("stepped down"))
+        self.failureResultOf(d, LeadershipLost)
+        self.assertEqual(len(self.calls.calls), 1)
+
+    def test_idempotent_call_lost_with_leadership_is_retried(self) -> None:
+        self.leader = "s1:8300"
+        d = self.server().forward("Raft.Apply", 1, idempotent=True)
+        self.calls.last().errback(LeadershipLost("stepped down"))
+        self.clock.advance(Backoff().base)
+        self.calls.last().callback("applied")
+        self.assertEqual(self.successResultOf(d), "applied")
 
     def test_idempotent_read_of_unknown_outcome_is_retried_elsewhere(self) -> None:
         f = self.client()
