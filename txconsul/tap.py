@@ -19,6 +19,7 @@ from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 from twisted.python import usage
 
+from txconsul.clock import use_monotonic_time
 from txconsul.config import AgentConfig, load
 from txconsul.errors import ConfigError
 
@@ -167,6 +168,7 @@ def makeService(options: Options) -> IService:
 
     assert options.config is not None
     raise_descriptor_limit()
+    use_monotonic_time(reactor)  # a wall-clock step must move no timer (txconsul.clock)
     agent = Agent(options.config, reactor, shutdown=lambda: stop(reactor))
     flags, files, dirs = options.flags(), options["config-file"], options["config-dir"]
     agent.reload_config = lambda: load(flags, files, dirs)

@@ -3,7 +3,8 @@
 RaftNode: the Twisted service that drives a ``RaftCore``.
 
 It owns the one timer (armed at the core's next deadline, measured on the
-injected monotonic clock), persists before it sends (all ``Persist*`` outputs
+injected monotonic clock; the agent's reactor schedules it on that clock too,
+see ``txconsul.clock``), persists before it sends (all ``Persist*`` outputs
 of a batch go to the log store, then one ``sync()``, then the sends and the
 applies), applies committed commands to the FSM, and implements
 ``IConsensus``: ``apply(command)`` returns a Deferred that fires with the

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import functools
 import json
+import sqlite3
 from collections.abc import Callable
 from typing import Any
 
@@ -288,3 +289,47 @@ class ClusterTestCase(TestCase):
 
     def knows(self, agent: Agent, leader: Agent) -> bool:
         return agent.consensus.leader_address() == leader.config.rpc_address
+
+    async def put(self, agent: Agent, key: str) -> bool:
+        code, body = await self.http(agent, "PUT", f"/v1/kv/{key}", b"v")
+        return code == 200 and body is True
+
+    async def test_a_leader_whose_fsync_fails_acknowledges_nothing_more_and_loses_nothing(
+        self,
+    ) -> None:
+        agents = await self.cluster()
+        await self.wait_for(lambda: len(self.leaders(agents)) == 1)
+        broken = self.leaders(agents)[0]
+        rest = [a for a in agents if a is not broken]
+        for agent in rest:
+            await self.wait_for(functools.partial(self.knows, agent, broken))
+        acked = []
+        for i in range(5):
+            for agent in agents:
+                key = f"before/{agent.config.node_name}/{i}"
+                self.assertTrue(await self.put(agent, key))
+                acked.append(key)
+        assert broken.servers is not None and broken.servers.node is not None
+        node = broken.servers.node
+
+        def disk_error() -> None:
+            raise sqlite3.OperationalError("disk I/O error")
+
+        node._store._commit = disk_error  # type: ignore[attr-defined]
+        for i in range(3):
+            self.assertFalse(await self.put(broken, f"refused/{i}"))
+        self.assertTrue(node.halted)
+        self.assertFalse(broken.consensus.is_leader())
+        self.assertEqual(broken.consensus.leader_address(), "")
+        await self.wait_for(lambda: len(self.leaders(rest)) == 1)
+        for i in range(3):
+            for agent in rest:
+                key = f"after/{agent.config.node_name}/{i}"
+                self.assertTrue(await self.put(agent, key))
+                acked.append(key)
+        self.assertFalse(await self.put(broken, "refused/late"))
+        for agent in rest:
+            for key in acked:
+                await self.wait_for(functools.partial(self.kv, agent, key))
+            for i in range(3):
+                self.assertIsNone(await self.kv(agent, f"refused/{i}"))
