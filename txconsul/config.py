@@ -71,6 +71,9 @@ class AgentConfig:
     gossip_wan: Mapping[str, float] = attrs.field(factory=dict)
     #: a server that elects itself (Consul's bootstrap mode; ``--dev`` implies it)
     bootstrap: bool = False
+    #: leave gracefully on SIGTERM / SIGINT (Consul's defaults: a client does, a server not)
+    leave_on_terminate: bool = True
+    skip_leave_on_interrupt: bool = False
     bootstrap_expect: int = 0
     encrypt: str | None = None
     ui: bool = False
@@ -278,6 +281,14 @@ def build(raw: Mapping[str, Any], what: str = "configuration") -> AgentConfig:
         kw["bootstrap"], kw["bootstrap_expect"] = True, 0  # as Consul: the same thing
     if dev:
         kw["bootstrap"], kw["bootstrap_expect"] = True, 0  # a dev server is its own cluster
+    # a server stopped by a signal stays a voter unless told otherwise: leaving
+    # shrinks the cluster, which is rarely what a restart means
+    server = bool(kw.get("server"))
+    kw["leave_on_terminate"] = not server
+    kw["skip_leave_on_interrupt"] = server
+    for key in ("leave_on_terminate", "skip_leave_on_interrupt"):
+        if key in raw:
+            kw[key] = _type(raw, key, bool, what)
     if raw.get("encrypt"):
         key = _type(raw, "encrypt", str, what)
         try:

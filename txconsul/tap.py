@@ -15,10 +15,15 @@ import signal
 from typing import Any
 
 from twisted.application.service import IService
+from twisted.internet.error import ReactorNotRunning
+from twisted.logger import Logger
 from twisted.python import usage
 
+from txconsul.clock import use_monotonic_time
 from txconsul.config import AgentConfig, load
 from txconsul.errors import ConfigError
+
+log = Logger()
 
 # Flags that take effect once the service that uses them lands; they are
 # accepted and checked now so that config files and scripts carry over.
@@ -163,7 +168,8 @@ def makeService(options: Options) -> IService:
 
     assert options.config is not None
     raise_descriptor_limit()
-    agent = Agent(options.config, reactor, shutdown=reactor.stop)
+    use_monotonic_time(reactor)  # a wall-clock step must move no timer (txconsul.clock)
+    agent = Agent(options.config, reactor, shutdown=lambda: stop(reactor))
     flags, files, dirs = options.flags(), options["config-file"], options["config-dir"]
     agent.reload_config = lambda: load(flags, files, dirs)
 
@@ -172,4 +178,42 @@ def makeService(options: Options) -> IService:
         reactor.callFromThread(lambda: agent.reload().addErrback(lambda _: None))  # type: ignore[attr-defined]
 
     reactor.callWhenRunning(signal.signal, signal.SIGHUP, on_sighup)
+    install_leave_signals(reactor, agent)
     return agent
+
+
+def install_leave_signals(reactor: Any, agent: Any) -> None:
+    """
+    SIGTERM (``leave_on_terminate``) and SIGINT (unless
+    ``skip_leave_on_interrupt``) leave gracefully before the agent stops, as
+    Consul's agent does; otherwise twistd's own handlers stop it at once. A
+    second signal during the leave stops it without waiting.
+    """
+    c = agent.config
+    leaving: list[int] = []
+
+    def leave_then_stop() -> None:
+        if leaving:
+            stop(reactor)
+            return
+        leaving.append(1)
+        log.info("caught a stop signal: leaving gracefully first")
+        agent.leave()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        reactor.callFromThread(leave_then_stop)
+
+    for signum, wanted in (
+        (signal.SIGTERM, c.leave_on_terminate),
+        (signal.SIGINT, not c.skip_leave_on_interrupt),
+    ):
+        if wanted:
+            reactor.callWhenRunning(signal.signal, signum, on_signal)
+
+
+def stop(reactor: Any) -> None:
+    """Stop the reactor, if nobody did already."""
+    try:
+        reactor.stop()
+    except ReactorNotRunning:
+        pass

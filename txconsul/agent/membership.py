@@ -23,7 +23,6 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from txconsul import CONSUL_VERSION
-from txconsul.clock import MonotonicTimers
 from txconsul.config import DEFAULT_PORTS
 from txconsul.errors import BadRequest, TxConsulError
 from txconsul.gossip import snapshot, wire
@@ -219,8 +218,6 @@ class Membership(Service):
         self._subscribers: list[Subscriber] = []
         self._retrying: list[Deferred[Any]] = []
         self._leaving: Deferred[None] | None = None
-        #: waits between join attempts and during a leave, on the monotonic clock
-        self._timers: MonotonicTimers | None = None
 
     # -- life cycle -----------------------------------------------------------------
 
@@ -234,7 +231,6 @@ class Membership(Service):
         if c.server:
             self.wan = self._pool(wan=True)
         self.lan = self._pool(wan=False)
-        self._timers = MonotonicTimers(self._agent.reactor, self._monotonic)
         super().startService()
         for pool in self.pools():
             if pool.previous:
@@ -311,9 +307,6 @@ class Membership(Service):
             d.cancel()
         self._retrying = []
         stopping = [p.gossip.stopService() for p in self.pools()]
-        if self._timers is not None:
-            self._timers.stop()
-            self._timers = None
         for pool in self.pools():
             pool.serf.close_queries()
             if pool.snapshot is not None:
@@ -474,7 +467,7 @@ class Membership(Service):
                 interval=interval,
             )
             attempt += 1
-            await self._sleep(interval)
+            await deferLater(self._agent.reactor, interval, lambda: None)
 
     def force_leave(self, node: str, prune: bool = False, wan: bool = False) -> None:
         pool = self.pool(wan)
@@ -503,11 +496,6 @@ class Membership(Service):
         await self._until(pool, lambda: len(gossip.core.broadcasts) == 0)
         self.log.info("left the {which} pool", which="WAN" if pool.wan else "LAN")
 
-    def _sleep(self, seconds: float) -> Deferred[None]:
-        """Wait on the monotonic clock (the reactor's timers follow the wall clock)."""
-        assert self._timers is not None, "the service is not running"
-        return deferLater(self._timers, seconds, lambda: None)
-
     async def _until(self, pool: SerfPool, done: Callable[[], bool]) -> None:
         """Wait (polling at the gossip interval) until ``done()``, for at most a broadcast timeout."""
         gossip = pool.gossip
@@ -522,7 +510,7 @@ class Membership(Service):
                 n.state == MemberState.ALIVE for n in core.nodes.values() if n is not core.me
             ):
                 return  # nobody to tell
-            await self._sleep(step)
+            await deferLater(self._agent.reactor, step, lambda: None)
             waited += step
 
     # -- keyring ----------------------------------------------------------------------

@@ -34,11 +34,12 @@ from typing import TYPE_CHECKING, Any
 import attrs
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
-from twisted.internet.task import LoopingCall
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from txconsul.agent.endpoints import ServerEndpoints
 from txconsul.agent.reconcile import Reconciler
 from txconsul.errors import BadRequest, NoLeader, NotFound, TxConsulError
 from txconsul.gossip.serf import MemberEvent, MemberStatus
@@ -58,6 +59,10 @@ if TYPE_CHECKING:
 TICK = 0.2
 #: the timeout of one RPC between servers
 RPC_TIMEOUT = 5.0
+#: how long a leaving server waits to be removed from the voters (Consul's 5 s)
+LEAVE_DRAIN = 5.0
+#: how often a leaving server looks at its raft state
+LEAVE_POLL = 0.02
 
 
 @attrs.frozen
@@ -145,13 +150,12 @@ class Servers(MultiService):
         self.dispatcher.register("Status.Peers", lambda body: self.consensus.peers())
         self.dispatcher.register("Status.Leader", lambda body: self.consensus.leader_address())
         self.dispatcher.register("Operator.RaftRemovePeerByAddress", self._rpc_remove_peer)
-        # a dev server is its own cluster: it needs no port (and tests run many at once)
-        self.listener: RPCListener | None = None
-        if not c.dev:
-            self.listener = RPCListener(
-                reactor, self.dispatcher, portno=c.ports["server"], interface=c.bind_addr
-            )
-            self.listener.setServiceParent(self)
+        ServerEndpoints(agent).install(self.dispatcher)  # what clients and followers ask
+        # a dev server binds its port too: client agents may join it (tests use port 0)
+        self.listener: RPCListener | None = RPCListener(
+            reactor, self.dispatcher, portno=c.ports["server"], interface=c.bind_addr
+        )
+        self.listener.setServiceParent(self)
         self.client = RPCClient(reactor, reactor)
         self.forwarder = Forwarder(
             lambda address, method, body: self.client.call(address, method, body, RPC_TIMEOUT),
@@ -256,6 +260,55 @@ class Servers(MultiService):
         poll.start(0.05, now=False).addErrback(d.errback)
         self._polls.append(poll)
         return d
+
+    # -- graceful leave ---------------------------------------------------------------
+
+    async def hand_over(self) -> None:
+        """
+        A leader that leaves first hands leadership to the most up-to-date voter
+        (TimeoutNow), so the others elect it at once instead of waiting out an
+        election timeout; waits until it no longer leads (at most the transfer's
+        own deadline, one election timeout, and a margin).
+        """
+        node = self.node
+        if node is None or node.core is None or node.core.role is not Role.LEADER:
+            return
+        if len(node.peers()) < 2:
+            return  # a cluster of one has nobody to hand over to
+        if not node.transfer_leadership():
+            self.log.warn("leaving as the leader: no voter to hand leadership to")
+            return
+        self.log.info("leaving: handing raft leadership over")
+        limit = 2 * node.core.timing.election_timeout
+        if await self._until(lambda: node.core is None or node.core.role is not Role.LEADER, limit):
+            self.log.info("leaving: {leader} leads now", leader=node.leader_address() or "nobody")
+        else:
+            self.log.warn("leaving: leadership transfer did not finish in {limit}s", limit=limit)
+
+    async def wait_removed(self, limit: float = LEAVE_DRAIN) -> None:
+        """
+        After the gossip leave, wait (at most ``limit``) until the leader has
+        taken this server out of the voters: stopping before that would leave
+        a voter missing, and a quorum one server closer to being lost.
+        """
+        node = self.node
+        if node is None or node.core is None or node.halted:
+            return
+        if self.me not in node.peers() or len(node.peers()) < 2:
+            return
+        if await self._until(lambda: self.me not in node.peers() or node.halted, limit):
+            self.log.info("leaving: removed from the raft voters")
+        else:
+            self.log.warn("leaving: still a raft voter after {limit}s", limit=limit)
+
+    async def _until(self, done: Callable[[], bool], limit: float) -> bool:
+        waited = 0.0
+        while not done():
+            if waited >= limit or not self.running:
+                return False
+            await deferLater(self._reactor, LEAVE_POLL, lambda: None)
+            waited += LEAVE_POLL
+        return True
 
     def _has_leader(self) -> bool:
         node = self.node

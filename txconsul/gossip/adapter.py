@@ -6,9 +6,7 @@ service that owns both sockets on one port.
 
 Twisted calls ``datagramReceived``, ``dataReceived`` and the timer; the core's
 outputs drive ``transport.write`` and outgoing connections. The core's time is
-the injected monotonic clock, never ``reactor.seconds()`` (the wall clock), and
-every timer of the adapter (the core's, stream and connect timeouts) runs on
-``txconsul.clock.MonotonicTimers``, so a step of the wall clock moves none.
+the injected monotonic clock, never ``reactor.seconds()`` (the wall clock).
 """
 
 from __future__ import annotations
@@ -25,14 +23,12 @@ from twisted.internet.interfaces import (
     IDelayedCall,
     IListeningPort,
     IReactorTCP,
-    IReactorTime,
     IReactorUDP,
 )
 from twisted.internet.protocol import ClientFactory, DatagramProtocol, Protocol, ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from txconsul.clock import MonotonicTimers
 from txconsul.gossip import wire
 from txconsul.gossip.keyring import Keyring
 from txconsul.gossip.memberlist import (
@@ -113,26 +109,17 @@ class GossipNode:
         core: Memberlist,
         codec: Codec,
         reactor: Any,
-        timers: IReactorTime,
+        monotonic: Monotonic,
         interface: str,
     ) -> None:
-        """
-        :param reactor: for sockets (``IReactorTCP``).
-        :param timers: every timer, on the monotonic clock (its ``seconds()``
-            is the core's time): ``MonotonicTimers`` in production.
-        """
         self.core = core
         self.codec = codec
         self.reactor = reactor
-        self.timers = timers
-        self.monotonic: Monotonic = timers.seconds
+        self.monotonic = monotonic
         self.interface = interface
         self.udp: DatagramProtocol | None = None
         self._timer: IDelayedCall | None = None
         self.dropped = 0
-        #: exchanges under way, closed when the pool stops (their timeouts go with it)
-        self.streams: set[StreamProtocol] = set()
-        self.connecting: set[_ClientFactory] = set()
 
     def emit(self, outputs: list[Output]) -> None:
         for out in outputs:
@@ -168,9 +155,8 @@ class GossipNode:
     def exchange(self, to: Address, request: Any) -> Deferred[Any]:
         """Connect, send ``request``, return the reply (``None`` on any failure)."""
         factory = _ClientFactory(self, request)
-        # no reactor (wall-clock) connect timeout: _ClientFactory keeps its own
-        no_timeout: Any = None
-        self.reactor.connectTCP(to[0], to[1], factory, no_timeout, (self.interface, 0))
+        timeout = self.core.config.tcp_timeout
+        self.reactor.connectTCP(to[0], to[1], factory, timeout, (self.interface, 0))
         return factory.done
 
     def datagram(self, data: bytes, addr: Address) -> None:
@@ -217,7 +203,7 @@ class GossipNode:
         if self._timer is not None and self._timer.active():
             self._timer.reset(delay)
         else:
-            self._timer = self.timers.callLater(delay, self._fire)
+            self._timer = self.reactor.callLater(delay, self._fire)
 
     def _fire(self) -> None:
         self._timer = None
@@ -239,14 +225,6 @@ class GossipNode:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-
-    def close_streams(self) -> None:
-        """Abort every exchange under way: the pool is stopping."""
-        for factory in list(self.connecting):
-            factory.give_up()
-        for stream in list(self.streams):
-            if stream.transport is not None:
-                stream.transport.loseConnection()
 
 
 class GossipProtocol(DatagramProtocol):
@@ -276,8 +254,7 @@ class StreamProtocol(Protocol):
 
     def connectionMade(self) -> None:
         assert self.transport is not None
-        self.node.streams.add(self)
-        self._timeout = self.node.timers.callLater(
+        self._timeout = self.node.reactor.callLater(
             self.node.core.config.tcp_timeout, self.transport.loseConnection
         )
         if self.request is not None:
@@ -322,7 +299,6 @@ class StreamProtocol(Protocol):
             self.done.callback(result)
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
-        self.node.streams.discard(self)
         if self._timeout is not None and self._timeout.active():
             self._timeout.cancel()
         self._finish(None)
@@ -336,35 +312,12 @@ class _ServerFactory(ServerFactory):
 
 
 class _ClientFactory(ClientFactory):
-    """One outgoing exchange; the connect attempt gives up after ``tcp_timeout``."""
-
     def __init__(self, node: GossipNode, request: Any) -> None:
         self.node = node
         self.request = request
         self.done: Deferred[Any] = Deferred()
-        self._connect_timeout: IDelayedCall | None = None
-        self._connector: Any = None
-
-    def startedConnecting(self, connector: Any) -> None:
-        self._connector = connector
-        self.node.connecting.add(self)
-        self._connect_timeout = self.node.timers.callLater(
-            self.node.core.config.tcp_timeout, self.give_up
-        )
-
-    def give_up(self) -> None:
-        """Stop a connect attempt still under way (timed out, or the pool stops)."""
-        self._connected()
-        if self._connector is not None and getattr(self._connector, "state", "") == "connecting":
-            self._connector.stopConnecting()
-
-    def _connected(self) -> None:
-        self.node.connecting.discard(self)
-        if self._connect_timeout is not None and self._connect_timeout.active():
-            self._connect_timeout.cancel()
 
     def buildProtocol(self, addr: Any) -> StreamProtocol:
-        self._connected()
         proto = StreamProtocol(self.node, self.request)
         proto.done.addBoth(self._finish)
         return proto
@@ -374,7 +327,6 @@ class _ClientFactory(ClientFactory):
             self.done.callback(result)
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
-        self._connected()
         self._finish(None)
 
 
@@ -383,8 +335,7 @@ class GossipPool(Service):
     One LAN or WAN pool: UDP and TCP on the same port, the core and its timer.
 
     :param reactor: provides ``IReactorUDP``, ``IReactorTCP`` and ``IReactorTime``.
-    :param monotonic: the core's clock (``time.monotonic`` in production); the
-        pool's timers run on it (``MonotonicTimers``), immune to wall-clock steps.
+    :param monotonic: the core's clock (``time.monotonic`` in production).
     :param port: 0 picks a free port (UDP first, then TCP on the same number).
     """
 
@@ -442,8 +393,7 @@ class GossipPool(Service):
         attach = getattr(self._delegate, "attach", None)
         if attach is not None:
             attach(core)  # the serf layer lists itself
-        self._timers = MonotonicTimers(self._reactor, self._monotonic)
-        self.node = GossipNode(core, self.codec, self._reactor, self._timers, self._interface)
+        self.node = GossipNode(core, self.codec, self._reactor, self._monotonic, self._interface)
         self._proto.node = self.node
         self.node.udp = self._proto
         self._factory.node = self.node
@@ -476,8 +426,6 @@ class GossipPool(Service):
         if self.node is not None:
             self.node.core.stop()
             self.node.disarm()
-            self.node.close_streams()
-            self._timers.stop()
         stopping = []
         for port in (self._udp, self._tcp):
             if port is not None:

@@ -556,9 +556,9 @@ class RaftCore:
 
     def _start_election(self, now: float, transfer: bool) -> None:
         self.leader = ""
-        self._become(Role.CANDIDATE, now)
         self.term += 1
         self.vote = self.me
+        self._become(Role.CANDIDATE, now)  # after the term moves, so RoleChanged names the new one
         self._persist_state()
         self._reset_election_timer(now)
         self._votes = {self.me}

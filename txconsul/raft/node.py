@@ -3,7 +3,8 @@
 RaftNode: the Twisted service that drives a ``RaftCore``.
 
 It owns the one timer (armed at the core's next deadline, measured on the
-injected monotonic clock), persists before it sends (all ``Persist*`` outputs
+injected monotonic clock; the agent's reactor schedules it on that clock too,
+see ``txconsul.clock``), persists before it sends (all ``Persist*`` outputs
 of a batch go to the log store, then one ``sync()``, then the sends and the
 applies), applies committed commands to the FSM, and implements
 ``IConsensus``: ``apply(command)`` returns a Deferred that fires with the
@@ -185,7 +186,7 @@ class RaftNode(Service):
 
     def apply(self, command: dict[str, Any]) -> Deferred[Any]:
         """Replicate ``command``; the Deferred fires with the FSM's result once applied here."""
-        if self.halted or self.core is None:
+        if self.halted or self.core is None or not self.running:
             return fail(NoLeader("raft is not running"))
         if self.core.role is not Role.LEADER:
             return fail(NotLeader(self.core.leader))
@@ -321,6 +322,7 @@ class RaftNode(Service):
                 role=out.role.value,
                 term=out.term,
                 leader=out.leader or "unknown",
+                server=self.me,
             )
             if out.role is not Role.LEADER and self._waiting:
                 waiting, self._waiting = self._waiting, {}

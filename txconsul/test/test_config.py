@@ -180,6 +180,15 @@ class BootstrapModes(ConfigFiles):
         self.assertIn("bootstrap needs server mode", str(error))
         self.assertRefused({"bootstrap": True, "bootstrap_expect": 3}, "mutually exclusive")
 
+    def test_servers_stay_voters_on_signals_and_clients_leave_as_in_consul(self) -> None:
+        server = load(self.SERVER)
+        self.assertEqual((server.leave_on_terminate, server.skip_leave_on_interrupt), (False, True))
+        client = load({"node_name": "c", "data_dir": "/d"})
+        self.assertEqual((client.leave_on_terminate, client.skip_leave_on_interrupt), (True, False))
+        told = load({**self.SERVER, "leave_on_terminate": True, "skip_leave_on_interrupt": False})
+        self.assertEqual((told.leave_on_terminate, told.skip_leave_on_interrupt), (True, False))
+        self.assertRefused({"leave_on_terminate": "yes"}, "leave_on_terminate")
+
     def test_the_bootstrap_flag(self) -> None:
         options = Options()
         options.parseOptions(["--node", "n", "--server", "--bootstrap", "--data-dir", "/d"])

@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -100,9 +101,13 @@ class Partitioner:
             )  # fmt: skip
 
     def prefix(self, i: int) -> list[str]:
-        """A command that moves itself into server ``i``'s group, then runs the server."""
+        """
+        A command that moves itself into server ``i``'s group, then runs the
+        server, which gets SIGKILL if this scenario dies first (``setpriv``).
+        """
         procs = os.path.join(self.groups[i], "cgroup.procs")
-        return ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', procs]
+        orphan = ["setpriv", "--pdeathsig", "KILL"] if shutil.which("setpriv") else []
+        return ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', procs, *orphan]
 
     def cut(self, side: list[int], other: list[int]) -> None:
         """Drop every packet between the servers of ``side`` and those of ``other``."""

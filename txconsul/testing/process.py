@@ -89,6 +89,8 @@ def spawn_twistd(
         str(free_port()),
         "--serf-wan-port",
         str(free_port()),
+        "--server-port",
+        str(free_port()),
         *args,
     ]
     reactor.spawnProcess(proto, argv[0], argv, env={**os.environ, **(env or {})}, path=cwd)
@@ -140,9 +142,10 @@ FAST_CONFIG = {
 
 class ServerProcess:
     """
-    One ``--server`` agent of a real cluster on ``host``: its ports are chosen
-    once, so that it restarts on the same ports with the same data directory
-    (the other servers know it by its RPC address).
+    One ``--server`` agent of a real cluster on ``host`` (or, with
+    ``server=False``, a client agent): its ports are chosen once, so that it
+    restarts on the same ports with the same data directory (the other
+    servers know it by its RPC address).
     """
 
     def __init__(
@@ -153,8 +156,10 @@ class ServerProcess:
         bootstrap_expect: int,
         env: dict[str, str] | None = None,
         prefix: list[str] | None = None,
+        server: bool = True,
     ) -> None:
         self.name = name
+        self.server = server
         self.host = host
         self.bootstrap_expect = bootstrap_expect
         self.env = dict(env or {})
@@ -191,9 +196,10 @@ class ServerProcess:
         return self.proto is not None and not self.proto.ended.called
 
     def args(self, join: list[str]) -> list[str]:
-        out = ["--node", self.name, "--server", "--data-dir", self.data_dir]
+        out = ["--node", self.name, "--data-dir", self.data_dir]
+        if self.server:
+            out += ["--server", "--bootstrap-expect", str(self.bootstrap_expect)]
         out += ["--bind", self.host, "--client", self.host]
-        out += ["--bootstrap-expect", str(self.bootstrap_expect)]
         out += ["--config-file", self.config_file]
         for flag, port in self.ports.items():
             out += [f"--{flag}", str(port)]
@@ -232,7 +238,8 @@ class ServerProcess:
 class ServerCluster:
     """
     ``n`` server processes on ``hosts`` (one address each, or all on one), each
-    joining the others with ``--retry-join`` and ``--bootstrap-expect n``.
+    joining the others with ``--retry-join`` and ``--bootstrap-expect n``, and
+    ``clients`` client agents joining the servers.
     """
 
     def __init__(
@@ -243,6 +250,7 @@ class ServerCluster:
         hosts: list[str] | None = None,
         env: dict[int, dict[str, str]] | None = None,
         prefix: dict[int, list[str]] | None = None,
+        clients: int = 0,
     ) -> None:
         self.reactor = reactor
         hosts = hosts or ["127.0.0.1"] * n
@@ -252,14 +260,17 @@ class ServerCluster:
             ServerProcess(f"s{i + 1}", hosts[i], base_dir, n, env.get(i), prefix.get(i))
             for i in range(n)
         ]
+        self.clients = [
+            ServerProcess(f"c{i + 1}", hosts[0], base_dir, n, server=False) for i in range(clients)
+        ]
 
     def start(self, server: ServerProcess | None = None) -> None:
-        """Start every server (or restart one)."""
-        for s in [server] if server is not None else self.servers:
+        """Start every server and client agent (or restart one of them)."""
+        for s in [server] if server is not None else self.servers + self.clients:
             s.start(self.reactor, [o.lan_address for o in self.servers if o is not s])
 
     async def stop(self) -> None:
-        for s in self.servers:
+        for s in self.clients + self.servers:
             await s.stop()
 
     def by_address(self, rpc_address: str) -> ServerProcess | None:
@@ -285,7 +296,7 @@ class ServerCluster:
         """Poll until every running server of ``among`` names the same running leader."""
         end = time.monotonic() + limit
         while True:
-            for s in self.servers:
+            for s in self.servers + self.clients:
                 if s.proto is not None and s.proto.ended.called and s.proto.signal is None:
                     raise RuntimeError(f"{s.name} exited:\n{s.output()[-4000:]}")
             leader = await self.leader(among)
@@ -298,4 +309,4 @@ class ServerCluster:
             await deferLater(self.reactor, 0.1, lambda: None)
 
     def outputs(self, tail: int = 3000) -> str:
-        return "\n".join(f"== {s.name}\n{s.output()[-tail:]}" for s in self.servers)
+        return "\n".join(f"== {s.name}\n{s.output()[-tail:]}" for s in self.servers + self.clients)

@@ -13,6 +13,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import getPlugins
 from twisted.trial.unittest import SynchronousTestCase
 
+from txconsul import tap
 from txconsul.agent.agent import Agent
 from txconsul.agent.definitions import parse_check, parse_service
 from txconsul.agent.local import TTL_EXPIRED
@@ -263,9 +264,12 @@ class OptionsTests(SynchronousTestCase):
     def test_make_service_builds_an_agent_without_starting_it(self) -> None:
         options = Options()
         options.parseOptions(["--dev", "--http-port", "0"])
+        switched: list[Any] = []  # the test run's own reactor keeps its clock
+        self.patch(tap, "use_monotonic_time", switched.append)
         service = makeService(options)
         self.assertIsInstance(service, Agent)
         self.assertFalse(service.running)
+        self.assertEqual(switched, [service.reactor])  # its timers run on the monotonic clock
 
 
 class EdgeTriggerTests(SynchronousTestCase):

@@ -9,11 +9,13 @@ from __future__ import annotations
 import base64
 import functools
 import json
+import sqlite3
 from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import reactor  # noqa: TID251 (real-socket test)
 from twisted.internet.defer import gatherResults
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from txconsul.agent.agent import Agent
@@ -251,3 +253,83 @@ class ClusterTestCase(TestCase):
         await self.wait_for(lambda: alone.consensus.leader_address() == "")
         code, body = await self.http(alone, "PUT", "/v1/kv/nobody", b"1")
         self.assertEqual((code, body), (500, "No cluster leader\n"))
+
+    async def test_a_leader_that_leaves_hands_over_and_nobody_waits_for_an_election(
+        self,
+    ) -> None:
+        agents = await self.cluster()
+        await self.wait_for(lambda: len(self.leaders(agents)) == 1)
+        old = self.leaders(agents)[0]
+        rest = [a for a in agents if a is not old]
+        for agent in rest:
+            await self.wait_for(functools.partial(self.knows, agent, old))
+        assert old.servers is not None and old.servers.node is not None
+        term = old.servers.node.core.term
+        roles: list[tuple[str, str]] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            if event.get("log_format", "").startswith("raft: {role}"):
+                roles.append((event["server"], event["role"]))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        code, _ = await self.http(old, "PUT", "/v1/agent/leave")
+        self.assertEqual(code, 200)
+        await self.wait_for(lambda: len(self.leaders(rest)) == 1)
+        new = self.leaders(rest)[0]
+        assert new.servers is not None and new.servers.node is not None
+        # TimeoutNow: the target stood at once, in the next term, with no pre-vote
+        self.assertEqual(new.servers.node.core.term, term + 1)
+        others = {a.config.rpc_address for a in rest}
+        self.assertNotIn("pre-candidate", [role for server, role in roles if server in others])
+        self.assertIn((new.config.rpc_address, "candidate"), roles)
+        await self.wait_for(lambda: old.config.rpc_address not in new.consensus.peers())
+        code, body = await self.http(new, "PUT", "/v1/kv/after-leave", b"1")
+        self.assertEqual((code, body), (200, True))
+
+    def knows(self, agent: Agent, leader: Agent) -> bool:
+        return agent.consensus.leader_address() == leader.config.rpc_address
+
+    async def put(self, agent: Agent, key: str) -> bool:
+        code, body = await self.http(agent, "PUT", f"/v1/kv/{key}", b"v")
+        return code == 200 and body is True
+
+    async def test_a_leader_whose_fsync_fails_acknowledges_nothing_more_and_loses_nothing(
+        self,
+    ) -> None:
+        agents = await self.cluster()
+        await self.wait_for(lambda: len(self.leaders(agents)) == 1)
+        broken = self.leaders(agents)[0]
+        rest = [a for a in agents if a is not broken]
+        for agent in rest:
+            await self.wait_for(functools.partial(self.knows, agent, broken))
+        acked = []
+        for i in range(5):
+            for agent in agents:
+                key = f"before/{agent.config.node_name}/{i}"
+                self.assertTrue(await self.put(agent, key))
+                acked.append(key)
+        assert broken.servers is not None and broken.servers.node is not None
+        node = broken.servers.node
+
+        def disk_error() -> None:
+            raise sqlite3.OperationalError("disk I/O error")
+
+        node._store._commit = disk_error  # type: ignore[attr-defined]
+        for i in range(3):
+            self.assertFalse(await self.put(broken, f"refused/{i}"))
+        self.assertTrue(node.halted)
+        self.assertFalse(broken.consensus.is_leader())
+        self.assertEqual(broken.consensus.leader_address(), "")
+        await self.wait_for(lambda: len(self.leaders(rest)) == 1)
+        for i in range(3):
+            for agent in rest:
+                key = f"after/{agent.config.node_name}/{i}"
+                self.assertTrue(await self.put(agent, key))
+                acked.append(key)
+        self.assertFalse(await self.put(broken, "refused/late"))
+        for agent in rest:
+            for key in acked:
+                await self.wait_for(functools.partial(self.kv, agent, key))
+            for i in range(3):
+                self.assertIsNone(await self.kv(agent, f"refused/{i}"))

@@ -10,10 +10,20 @@ from typing import Any
 
 import treq
 from twisted.internet import defer, reactor  # noqa: TID251 (real-process test)
+from twisted.internet.error import ConnectError
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from txconsul.testing.process import free_port, spawn_twistd, wait_for_leader
+from txconsul.testing.polling import poll_until
+from txconsul.testing.process import (
+    FAST_CONFIG,
+    ServerCluster,
+    ServerProcess,
+    free_port,
+    http_json,
+    spawn_twistd,
+    wait_for_leader,
+)
 
 
 class TwistdTests(TestCase):
@@ -132,3 +142,67 @@ class ReloadProcessTests(TestCase):
             yield deferLater(reactor, 0.1, lambda: None)
         self.assertEqual(sorted(services), ["second"])
         self.assertIsNone(proto.exit_code, "SIGHUP stopped the agent")
+
+
+class ServerSignalTests(TestCase):
+    """Three real servers: what SIGTERM means for a server, as in Consul."""
+
+    timeout = 120
+
+    async def cluster(self, **config: Any) -> ServerCluster:
+        base = os.path.abspath(self.mktemp())
+        os.makedirs(base)
+        cluster = ServerCluster(reactor, base, n=3)
+        for server in cluster.servers:
+            with open(server.config_file, "w") as f:
+                json.dump({**FAST_CONFIG, **config}, f)
+        self.addCleanup(lambda: defer.ensureDeferred(cluster.stop()))
+        cluster.start()
+        for server in cluster.servers:
+            await self.until(lambda server=server: self.voters(server, 3))
+        return cluster
+
+    async def until(self, condition: Any, limit: float = 30.0) -> None:
+        if not await poll_until(reactor, condition, limit):
+            self.fail(f"condition not met within {limit}s")
+
+    async def voters(self, server: ServerProcess, n: int) -> bool:
+        try:
+            code, body = await http_json("GET", server.url + "/v1/operator/raft/configuration")
+        except ConnectError:
+            return False  # not listening yet
+        return code == 200 and len(body["Servers"]) == n
+
+    async def addresses(self, server: ServerProcess) -> set[str]:
+        _, body = await http_json("GET", server.url + "/v1/operator/raft/configuration")
+        return {s["Address"] for s in body["Servers"]}
+
+    async def test_sigterm_with_leave_on_terminate_hands_leadership_over_and_leaves(self) -> None:
+        cluster = await self.cluster(leave_on_terminate=True)
+        leader = await cluster.wait_for_leader()
+        rest = [s for s in cluster.servers if s is not leader]
+        assert leader.proto is not None
+        seen = {s.name: len(s.output()) for s in rest}
+        await leader.stop(signal.SIGTERM)
+        self.assertIn("handing raft leadership over", leader.output())
+        self.assertEqual(leader.proto.exit_code, 0, leader.output()[-3000:])
+        cluster.servers.remove(leader)  # it left: the cluster is the other two now
+        new = await cluster.wait_for_leader(among=rest)
+        for server in rest:
+            self.assertNotIn("pre-candidate", server.output()[seen[server.name] :])
+        await self.until(lambda: self.voters(new, 2))
+        self.assertNotIn(leader.rpc_address, await self.addresses(new))
+
+    async def test_sigterm_stops_a_server_without_leaving(self) -> None:
+        cluster = await self.cluster()
+        leader = await cluster.wait_for_leader()
+        gone = next(s for s in cluster.servers if s is not leader)
+        await gone.stop(signal.SIGTERM)
+        self.assertNotIn("leaving", gone.output())
+
+        async def failed() -> bool:
+            _, members = await http_json("GET", leader.url + "/v1/agent/members")
+            return any(m["Name"] == gone.name and m["Status"] == 4 for m in members)
+
+        await self.until(failed)  # failed, not left: it stays a voter
+        self.assertIn(gone.rpc_address, await self.addresses(leader))

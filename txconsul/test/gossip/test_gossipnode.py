@@ -13,7 +13,6 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
-from txconsul.clock import MonotonicTimers
 from txconsul.gossip.adapter import Codec, GossipNode, GossipProtocol
 from txconsul.gossip.memberlist import GossipConfig, Memberlist, Packet
 from txconsul.gossip.messages import DEFAULT_VSN, Ack, Alive, Ping, ip_bytes
@@ -54,8 +53,7 @@ class GossipNodeTests(SynchronousTestCase):
         core.on_alive(
             self.monotonic(), Alive(1, "peer", ip_bytes(PEER[0]), PEER[1], b"", DEFAULT_VSN)
         )
-        self.timers = MonotonicTimers(self.reactor, self.monotonic)  # the fallback wake-up
-        self.node = GossipNode(core, self.codec, self.reactor, self.timers, "127.0.0.1")
+        self.node = GossipNode(core, self.codec, self.reactor, self.monotonic, "127.0.0.1")
         self.proto = GossipProtocol()
         self.proto.node = self.node
         self.node.udp = self.proto
@@ -68,8 +66,6 @@ class GossipNodeTests(SynchronousTestCase):
     def assertStoppedCleanly(self) -> None:
         self.node.core.stop()
         self.node.disarm()
-        self.node.close_streams()
-        self.timers.stop()  # what GossipPool.stopService does
         self.assertEqual(self.reactor.getDelayedCalls(), [])
 
     def peer_answers(self) -> None:
@@ -123,9 +119,8 @@ class GossipNodeTests(SynchronousTestCase):
 
     def test_wall_clock_jump_declares_nobody_dead(self) -> None:
         """
-        With the fallback wake-up (no timerfd), a jump back leaves the reactor's
-        call far in the future until the next packet re-arms it from the
-        monotonic deadline; nobody is declared dead.
+        A jump back leaves the reactor's timer far in the future until the next
+        packet re-arms it from the monotonic deadline; nobody is declared dead.
         """
         self.pass_time(5)
         for wall in (3600.0, -7200.0, 86400.0, 3600.0):

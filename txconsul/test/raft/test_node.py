@@ -9,12 +9,14 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from txconsul.clock import use_monotonic_time
 from txconsul.interfaces import IConsensus
 from txconsul.raft.core import NotLeader, Role, Timing
 from txconsul.raft.logstore import MemoryLogStore, SQLiteLogStore, StoreFailed
 from txconsul.raft.node import IRaftTransport, LeadershipLost, RaftNode
 from txconsul.state.fsm import FSM
 from txconsul.state.store import StateStore
+from txconsul.testing.wallclock import EPOCH, WallClockReactor
 
 TIMING = Timing(
     election_timeout=1.0, heartbeat_interval=0.1, lease=0.8, snapshot_threshold=4, trailing_logs=1
@@ -171,23 +173,6 @@ class NodeTests(SynchronousTestCase):
         self.run_for(1.0)
         self.failureResultOf(d, LeadershipLost)
 
-    def test_wall_clock_jump_causes_no_election(self) -> None:
-        self.run_for(3.0)
-        leader = self.leader()
-        term = leader.core.term
-        # the reactor's clock (wall time) leaps an hour; the monotonic clock does not
-        base, start = self.clock.seconds(), self.clock.seconds() + 3600
-
-        def monotonic() -> float:
-            return base + max(self.clock.seconds() - start, 0.0)
-
-        for node in self.net.nodes.values():
-            node._monotonic = monotonic
-        self.clock.advance(3600)
-        self.run_for(3.0)
-        self.assertIs(self.leader(), leader)
-        self.assertEqual({n.core.term for n in self.net.nodes.values()}, {term})
-
     def test_garbage_is_dropped_and_counted(self) -> None:
         node = self.net.nodes[NAMES[0]]
         node.receive(NAMES[1], b"\xc1\x00garbage")
@@ -289,3 +274,92 @@ class LoneVoterTests(SynchronousTestCase):
         clock.advance(0)
         self.assertEqual([self.successResultOf(d) for d in ds], [True] * 5)
         self.assertEqual(store.syncs, before + 1)
+
+
+class ClockStepTests(SynchronousTestCase):
+    """
+    Each server has a reactor of its own on its own wall clock (Twisted's are);
+    the network is I/O, which no timer holds up. A step of one server's wall
+    clock must not cost the cluster its leader.
+    """
+
+    def start_cluster(self, monotonic_timers: bool) -> None:
+        self.ether = Clock()
+        self.net = Net(self.ether)
+        self.reactors: dict[str, WallClockReactor] = {}
+        for i, name in enumerate(NAMES):
+            reactor = WallClockReactor(monotonic_start=1000.0 + 7 * i, wall_start=EPOCH + 13 * i)
+            if monotonic_timers:
+                use_monotonic_time(reactor, reactor.monotonic)
+            self.reactors[name] = reactor
+            node = RaftNode(
+                name,
+                NAMES,
+                FSM(StateStore()),
+                MemoryLogStore(),
+                FakeTransport(self.net, name),
+                reactor,
+                reactor.monotonic,
+                random.Random(i),
+                TIMING,
+            )
+            self.net.nodes[name] = node
+            node.startService()
+        self.addCleanup(self.stop_all)
+        self.run_for(3.0)
+
+    def stop_all(self) -> None:
+        for node in self.net.nodes.values():
+            node.stopService()
+        self.ether.advance(1)
+
+    def run_for(self, seconds: float) -> None:
+        for _ in range(round(seconds / 0.001)):
+            self.ether.advance(0.001)
+            for reactor in self.reactors.values():
+                reactor.pass_time(0.001)
+
+    def leader(self) -> RaftNode:
+        leaders = [n for n in self.net.nodes.values() if n.core.role is Role.LEADER]
+        self.assertEqual(len(leaders), 1)
+        return leaders[0]
+
+    def terms(self) -> set[int]:
+        return {n.core.term for n in self.net.nodes.values()}
+
+    def commits(self, leader: RaftNode, key: str) -> None:
+        d = leader.apply(put(key, b"v"))
+        self.run_for(0.05)
+        self.assertIs(self.successResultOf(d), True)
+        self.run_for(0.2)
+        for node in self.net.nodes.values():
+            self.assertEqual(node._fsm.store.kv.get(key).value, b"v")
+
+    def test_steps_of_an_hour_either_way_cause_no_election(self) -> None:
+        self.start_cluster(monotonic_timers=True)
+        leader = self.leader()
+        term = leader.core.term
+        followers = [n for n in self.net.nodes.values() if n is not leader]
+        for step, who in (
+            (-3600, leader),
+            (3600, followers[0]),
+            (3600, leader),
+            (-3600, followers[1]),
+        ):
+            self.reactors[who.me].jump(step)
+            self.run_for(3.0)
+            self.assertIs(self.leader(), leader)
+            self.assertEqual(self.terms(), {term})
+            self.commits(leader, f"after{step}{who.me}")
+
+    def test_timers_on_the_wall_clock_would_lose_the_leader(self) -> None:
+        """The hazard the monotonic reactor removes: the leader's heartbeats stop for an hour."""
+        self.start_cluster(monotonic_timers=False)
+        leader = self.leader()
+        term = leader.core.term
+        self.reactors[leader.me].jump(-3600)
+        self.run_for(3.0)
+        self.assertGreater(max(self.terms()), term)
+        others = [n for n in self.net.nodes.values() if n is not leader]
+        self.assertEqual(len([n for n in others if n.core.role is Role.LEADER]), 1)
+        self.assertFalse(leader.is_leader())  # its lease ran out on the monotonic clock
