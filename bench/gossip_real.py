@@ -9,8 +9,10 @@ the first ask to join the first at the same moment: ``Membership.join`` for
 txconsul client agents, the ``join`` command of serf's RPC for serf agents.
 The time measured runs from the joins until every member lists all N alive
 (txconsul: ``/v1/agent/members``' data read in process every 20 ms; serf: the
-``members`` command of each agent's RPC, polled every 20 ms). It prints each
-run, the medians over the repeats, and txconsul's median over serf's.
+``members`` command of each agent's RPC, polled every 20 ms), and the CPU
+seconds the members used meanwhile (this process; the serf processes from
+/proc). It prints each run, the medians over the repeats, and txconsul's
+median over serf's.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import tempfile
 import time
 from typing import Any
 
+import attrs
 import msgpack
 from twisted.internet import defer, protocol, task
 from twisted.internet.defer import Deferred
@@ -40,7 +43,20 @@ POLL = 0.02
 # -- txconsul -----------------------------------------------------------------------
 
 
-async def txconsul_run(reactor: Any, n: int, workdir: str) -> float:
+@attrs.frozen
+class Run:
+    seconds: float  # from the joins until every member lists all alive
+    cpu: float  # CPU seconds the members used meanwhile
+
+
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used, from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def txconsul_run(reactor: Any, n: int, workdir: str) -> Run:
     agents: list[Agent] = []
     try:
         for i in range(n):
@@ -60,7 +76,7 @@ async def txconsul_run(reactor: Any, n: int, workdir: str) -> float:
         lan = agents[0].membership.lan
         assert lan is not None
         seed = "127.0.0.1:%d" % lan.gossip.address()[1]
-        start = time.monotonic()
+        start, cpu = time.monotonic(), time.process_time()
         joins = [a.membership.join([seed]) for a in agents[1:]]
 
         def converged() -> bool:
@@ -72,7 +88,7 @@ async def txconsul_run(reactor: Any, n: int, workdir: str) -> float:
 
         while not converged():
             await task.deferLater(reactor, POLL, lambda: None)
-        took = time.monotonic() - start
+        took = Run(time.monotonic() - start, time.process_time() - cpu)
         await defer.gatherResults(joins)
         return took
     finally:
@@ -150,23 +166,38 @@ async def connect_rpc(reactor: Any, port: int, proc: SerfProcess) -> SerfRPC:
             await task.deferLater(reactor, 0.05, lambda: None)
 
 
-async def serf_run(reactor: Any, n: int, serf: str) -> float:
+async def start_serf(reactor: Any, serf: str, i: int) -> tuple[SerfProcess, SerfRPC, int]:
+    """One ``serf agent`` on fresh ports (again on others if a port was taken)."""
+    for _ in range(5):
+        gossip, rpc_port = free_port(), free_port()
+        proc = SerfProcess()
+        args = [
+            serf, "agent", f"-node=serf-{i}", f"-bind=127.0.0.1:{gossip}",
+            f"-rpc-addr=127.0.0.1:{rpc_port}", "-log-level=err",
+        ]  # fmt: skip
+        reactor.spawnProcess(proc, serf, args, env=dict(os.environ))
+        try:
+            return proc, await connect_rpc(reactor, rpc_port, proc), gossip
+        except RuntimeError:
+            if proc.transport is not None and not proc.ended.called:
+                proc.transport.signalProcess(signal.SIGKILL)
+            await proc.ended
+    raise RuntimeError(f"serf agent {i} would not start")
+
+
+async def serf_run(reactor: Any, n: int, serf: str) -> Run:
     procs: list[SerfProcess] = []
     rpcs: list[SerfRPC] = []
+    gossip: list[int] = []
     try:
-        gossip = [free_port() for _ in range(n)]
-        rpc_ports = [free_port() for _ in range(n)]
         for i in range(n):
-            proc = SerfProcess()
-            args = [
-                serf, "agent", f"-node=serf-{i}", f"-bind=127.0.0.1:{gossip[i]}",
-                f"-rpc-addr=127.0.0.1:{rpc_ports[i]}", "-log-level=err",
-            ]  # fmt: skip
-            reactor.spawnProcess(proc, serf, args, env=dict(os.environ))
+            proc, rpc, port = await start_serf(reactor, serf, i)
             procs.append(proc)
-        for port, proc in zip(rpc_ports, procs, strict=True):
-            rpcs.append(await connect_rpc(reactor, port, proc))
+            rpcs.append(rpc)
+            gossip.append(port)
         seed = f"127.0.0.1:{gossip[0]}"
+        pids = [p.transport.pid for p in procs if p.transport is not None]
+        cpu = sum(proc_cpu(pid) for pid in pids)
         start = time.monotonic()
         joins = [
             rpc.call("join", {"Existing": [seed], "Replay": False}, has_reply=True)
@@ -185,7 +216,7 @@ async def serf_run(reactor: Any, n: int, serf: str) -> float:
 
         while not await converged():
             await task.deferLater(reactor, POLL, lambda: None)
-        took = time.monotonic() - start
+        took = Run(time.monotonic() - start, sum(proc_cpu(pid) for pid in pids) - cpu)
         await defer.gatherResults(joins)
         return took
     finally:
@@ -211,17 +242,24 @@ async def main(reactor: Any, argv: list[str]) -> None:
         f"lists all {args.nodes} alive (LAN timings)",
         flush=True,
     )
-    ours: list[float] = []
-    theirs: list[float] = []
+    ours: list[Run] = []
+    theirs: list[Run] = []
     for repeat in range(1, args.repeats + 1):
         with tempfile.TemporaryDirectory(prefix="gossip-real-") as workdir:
             ours.append(await txconsul_run(reactor, args.nodes, workdir))
         theirs.append(await serf_run(reactor, args.nodes, serf))
-        print(f"  run {repeat}: txconsul {ours[-1]:.2f} s, serf {theirs[-1]:.2f} s", flush=True)
-    a, b = statistics.median(ours), statistics.median(theirs)
+        print(
+            f"  run {repeat}: txconsul {ours[-1].seconds:.2f} s (cpu {ours[-1].cpu:.2f} s), "
+            f"serf {theirs[-1].seconds:.2f} s (cpu {theirs[-1].cpu:.2f} s)",
+            flush=True,
+        )
+    a = statistics.median(r.seconds for r in ours)
+    b = statistics.median(r.seconds for r in theirs)
     print(
-        f"median over {args.repeats} runs: txconsul {a:.2f} s (in one process), "
-        f"serf {b:.2f} s ({args.nodes} processes); txconsul/serf = {a / b:.2f}"
+        f"median over {args.repeats} runs: txconsul {a:.2f} s (in one process, cpu "
+        f"{statistics.median(r.cpu for r in ours):.2f} s), serf {b:.2f} s ({args.nodes} "
+        f"processes, cpu {statistics.median(r.cpu for r in theirs):.2f} s); "
+        f"txconsul/serf = {a / b:.2f}"
     )
 
 

@@ -70,6 +70,9 @@ class GossipConfig:
     tcp_timeout: float = 10.0
     disable_tcp_pings: bool = False
     encrypted: bool = False
+    #: LZW on UDP packets (memberlist's EnableCompression); streams are always
+    #: compressed. Off: see ``txconsul.gossip.adapter.Codec``.
+    compress_packets: bool = False
     #: Lifeguard switches, on by default; off gives plain SWIM for comparisons.
     awareness: bool = True
     dynamic_suspicion: bool = True

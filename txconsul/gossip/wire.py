@@ -147,63 +147,78 @@ _MAX_WIDTH = 12
 
 def lzw_compress(data: bytes) -> bytes:
     """Compress exactly as Go's ``lzw.NewWriter(w, lzw.LSB, 8)`` does."""
+    # One loop with everything in locals: this runs for every packet sent.
     out = bytearray()
-    bits = 0
-    nbits = 0
-    width = 9
-
-    def emit(code: int) -> None:
-        nonlocal bits, nbits
+    append = out.append
+    table: dict[int, int] = {}
+    get = table.get
+    width, hi, overflow = 9, _EOF, 512
+    bits, nbits = _CLEAR, 9  # the stream starts with a clear code
+    last_hi = (1 << _MAX_WIDTH) - 1
+    code = -1
+    for literal in data:
+        if code < 0:
+            code = literal
+            continue
+        key = code << 8 | literal
+        found = get(key)
+        if found is not None:
+            code = found
+            continue
         bits |= code << nbits
         nbits += width
         while nbits >= 8:
-            out.append(bits & 0xFF)
+            append(bits & 0xFF)
             bits >>= 8
             nbits -= 8
-
-    table: dict[int, int] = {}
-    hi = _EOF
-    overflow = 512
-
-    def inc_hi() -> bool:
-        """:return: whether the table was reset (out of codes)."""
-        nonlocal hi, width, overflow
+        code = literal
         hi += 1
         if hi == overflow:
             width += 1
             overflow <<= 1
-        if hi == (1 << _MAX_WIDTH) - 1:
-            emit(_CLEAR)
+        if hi == last_hi:  # out of codes: a clear code, and start over
+            bits |= _CLEAR << nbits
+            nbits += width
+            while nbits >= 8:
+                append(bits & 0xFF)
+                bits >>= 8
+                nbits -= 8
             width, hi, overflow = 9, _EOF, 512
             table.clear()
-            return True
-        return False
-
-    emit(_CLEAR)
-    if data:
-        code = data[0]
-        for literal in data[1:]:
-            key = code << 8 | literal
-            found = table.get(key)
-            if found is not None:
-                code = found
-                continue
-            emit(code)
-            code = literal
-            if inc_hi():
-                continue
-            table[key] = hi
-        emit(code)
-        inc_hi()
-    emit(_EOF)
+            continue
+        table[key] = hi
+    if code >= 0:
+        bits |= code << nbits
+        nbits += width
+        while nbits >= 8:
+            append(bits & 0xFF)
+            bits >>= 8
+            nbits -= 8
+        hi += 1
+        if hi == overflow:
+            width += 1
+            overflow <<= 1
+        if hi == last_hi:
+            bits |= _CLEAR << nbits
+            nbits += width
+            width = 9
+    bits |= _EOF << nbits
+    nbits += width
+    while nbits >= 8:
+        append(bits & 0xFF)
+        bits >>= 8
+        nbits -= 8
     if nbits > 0:
-        out.append(bits & 0xFF)
+        append(bits & 0xFF)
     return bytes(out)
+
+
+_LZW_BASE: list[bytes] = [bytes([i]) for i in range(256)] + [b"", b""]
 
 
 def lzw_decompress(data: bytes, limit: int = MAX_DECOMPRESSED) -> bytes:
     """Decompress Go LSB/8 LZW; raise ``MalformedPacket`` on any inconsistency."""
-    table: list[bytes] = [bytes([i]) for i in range(256)] + [b"", b""]
+    table = _LZW_BASE.copy()
     width, hi, overflow = 9, _EOF, 512
     last: bytes | None = None
     out = bytearray()

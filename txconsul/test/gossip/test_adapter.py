@@ -76,9 +76,23 @@ class KeyringTests(SynchronousTestCase):
 
 class CodecTests(SynchronousTestCase):
     def test_encrypted_compressed_packet_round_trip(self) -> None:
-        codec = Codec(Keyring([KEY]))
-        packet = Packet(("127.0.0.1", 1), (Ping(1, "a"), Ack(2)), crc=True)
-        self.assertEqual(codec.decode_packet(codec.encode_packet(packet)), [Ping(1, "a"), Ack(2)])
+        codec = Codec(Keyring([KEY]), compress_packets=True)
+        packet = Packet(("127.0.0.1", 1), (Ping(1, "a"), Ack(2)) * 20, crc=True)
+        self.assertEqual(
+            codec.decode_packet(codec.encode_packet(packet)), [Ping(1, "a"), Ack(2)] * 20
+        )
+
+    def test_packets_are_compressed_only_when_asked_and_read_either_way(self) -> None:
+        packet = Packet(("127.0.0.1", 1), (Ping(1, "node-a"),) * 20)
+        plain, packed = (
+            Codec().encode_packet(packet),
+            Codec(compress_packets=True).encode_packet(packet),
+        )
+        self.assertEqual(plain[0], 7)  # a compound
+        self.assertEqual(packed[0], 9)  # a compress wrapper
+        self.assertLess(len(packed), len(plain))
+        for data in (plain, packed):
+            self.assertEqual(Codec().decode_packet(data), [Ping(1, "node-a")] * 20)
 
     def test_plaintext_is_refused_when_encrypting(self) -> None:
         plain = Codec().encode_packet(Packet(("127.0.0.1", 1), (Ack(2),)))
