@@ -25,15 +25,19 @@ from twisted.logger import Logger
 from twisted.web.server import Site
 
 from txconsul import __version__
+from txconsul.agent.endpoints import read_node_state
 from txconsul.agent.listeners import TCPListener
 from txconsul.agent.local import LocalState
 from txconsul.agent.membership import Membership
+from txconsul.agent.remote import Remote, RemoteConsensus
 from txconsul.agent.servers import ServerConsensus, Servers
 from txconsul.config import AgentConfig
+from txconsul.dns.remote import RemoteAuthority
 from txconsul.dns.server import DNSService
 from txconsul.errors import ConfigError, TxConsulError
+from txconsul.gossip.serf import MemberEvent
 from txconsul.http.app import HTTPApi
-from txconsul.raft.single import SingleNodeLog
+from txconsul.rpc.protocol import RPCClient
 from txconsul.state.fsm import FSM
 from txconsul.state.store import StateStore
 
@@ -120,24 +124,35 @@ class Agent(MultiService):
         self.node_id = config.node_id
         self.store = StateStore()
         self.fsm = FSM(self.store)
-        self.consensus: SingleNodeLog | ServerConsensus
+        self.consensus: ServerConsensus | RemoteConsensus
         self.local = LocalState(self, reactor, self.rng)
         # every server runs Raft (``--dev`` as a cluster of one) and binds port
-        # 8300 before the pools tag it; a client agent keeps the one-server log
-        # until it forwards to servers
+        # 8300 before the pools tag it
         self.servers: Servers | None = None
         if config.server:
             self.servers = Servers(self, reactor, time.monotonic, self.rng)
             self.servers.setName("servers")
             self.servers.setServiceParent(self)
             self.consensus = self.servers.consensus
+        # a client agent keeps no state: it asks the servers (txconsul.agent.remote);
+        # a server asks the leader for the reads that need it
+        if self.servers is not None:
+            self.remote = Remote(
+                self, self.servers.client, reactor, self.rng, leader=self.consensus.leader_address
+            )
         else:
-            self.consensus = SingleNodeLog(self.fsm, config.rpc_address)
+            self.remote = Remote(
+                self, RPCClient(reactor, reactor), reactor, self.rng, own_client=True
+            )
+            self.consensus = RemoteConsensus(self.remote)
+        self.remote.setName("remote")
+        self.remote.setServiceParent(self)
         self.membership = Membership(self, time.monotonic, self.rng)
         self.membership.setName("gossip")
         self.membership.setServiceParent(self)
         if self.servers is not None:
             self.membership.subscribe(self.servers.reconciler)
+        self.membership.subscribe(self._server_joined)
         self.http_api = HTTPApi(self, clock, self.rng)
         self.site = APISite(self.http_api.resource())
         self.http = TCPListener(tcp, self.site, config.ports["http"], config.client_addr)
@@ -145,7 +160,10 @@ class Agent(MultiService):
         self.http.setServiceParent(self)
         self.dns: DNSService | None = None
         if config.ports["dns"] >= 0:
-            self.dns = DNSService(reactor, self.store, self.consensus, config, self.rng)
+            authority = None
+            if not config.server:
+                authority = RemoteAuthority(self.remote.call, config)
+            self.dns = DNSService(reactor, self.store, self.consensus, config, self.rng, authority)
             self.dns.setName("dns")
             self.dns.setServiceParent(self)
         self._ready = False
@@ -204,10 +222,10 @@ class Agent(MultiService):
             d.addCallback(lambda _: servers.when_leader())
             d.addCallback(lambda _: self._register_self())
             d.addCallback(lambda _: self.local.load(self.config.services, self.config.checks))
-        else:
-            d = self._register_self()
+        else:  # a client: its servers are found through the joins too
+            d = self.membership.start_joins()
             d.addCallback(lambda _: self.local.load(self.config.services, self.config.checks))
-            d.addCallback(lambda _: self.membership.start_joins())
+        d.addCallback(lambda _: self.local.start_sync())
         d.addCallback(lambda _: self._became_ready())
 
         def failed(f: Any) -> None:
@@ -251,6 +269,21 @@ class Agent(MultiService):
             return node_id
 
     # -- this node in the catalog -----------------------------------------------------
+
+    def node_state(self) -> Deferred[dict[str, Any]]:
+        """The catalog's view of this node (``Node``, ``Services``, ``Checks``), the leader's."""
+        return read_node_state(self, self.config.node_name)
+
+    def _server_joined(self, pool: Any, events: list[Any]) -> None:
+        """A server that joins the LAN pool gets this agent's state soon (anti-entropy)."""
+        if pool.wan:
+            return
+        for event in events:
+            if isinstance(event, MemberEvent) and event.kind == "member-join":
+                member = pool.serf.members.get(event.name)
+                if member is not None and member.tags.get("role") == "consul":
+                    self.local.trigger_sync()
+                    return
 
     def node_registration(self) -> dict[str, Any]:
         """The node part of a catalog registration of this agent."""

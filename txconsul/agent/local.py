@@ -1,11 +1,20 @@
 # -*- test-case-name: txconsul.test.agent.test_local -*-
 """
-The services and checks this agent owns, their runners and TTL timers.
+The services and checks this agent owns, their runners and TTL timers, and
+anti-entropy.
 
-A registration is written to the catalog at once, so that it is visible in
-``/v1/catalog`` and ``/v1/health`` as soon as the call returns. After that,
-check results travel edge-triggered: a change of status is written at once,
-a change of output alone at most once per ``check_update_interval``.
+A registration is written to the catalog at once (through the servers, on a
+client agent), so that it is visible in ``/v1/catalog`` and ``/v1/health``
+as soon as the call returns. After that, check results travel
+edge-triggered: a change of status is written at once, a change of output
+alone at most once per ``check_update_interval``.
+
+Besides, a full sync runs periodically (``txconsul.agent.antientropy``
+says when): it reads the catalog's view of this node from a server and
+writes only what differs from the agent's truth, so a quiet agent writes
+nothing. A write that finds no server (none known, no leader, the
+connection lost) is not an error for the caller: it is logged, and a full
+sync soon after puts it right, as it does when a server joins the LAN pool.
 """
 
 from __future__ import annotations
@@ -16,10 +25,19 @@ import random
 from typing import TYPE_CHECKING, Any
 
 import attrs
-from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore, succeed
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredList,
+    DeferredSemaphore,
+    ensureDeferred,
+    succeed,
+)
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
+from txconsul.agent import antientropy
 from txconsul.agent.definitions import (
     CheckDefinition,
     ServiceDefinition,
@@ -29,7 +47,9 @@ from txconsul.agent.definitions import (
 from txconsul.checks.http import HTTPChecker
 from txconsul.checks.runner import MAX_CONCURRENT_RUNS, RUNNABLE, CheckRunner
 from txconsul.checks.status import CheckResult
-from txconsul.errors import BadRequest, NotFound
+from txconsul.errors import BadRequest, NoLeader, NotFound
+from txconsul.raft.core import NotLeader
+from txconsul.rpc.errors import RPCError
 
 if TYPE_CHECKING:
     from txconsul.agent.agent import Agent
@@ -98,8 +118,46 @@ class LocalState:
         self.from_config: set[tuple[str, str]] = set()
         self._api_bodies: dict[str, dict[str, Any]] = {"services": {}, "checks": {}}
         self._maintenance: dict[str, str] = {}
+        #: catalog writes sent (each register or deregister), and full syncs run
+        self.writes = 0
+        self.full_syncs = 0
+        self._sync_timer: IDelayedCall | None = None
+        self._syncing = False
+        self._stopped = False
+        self._in_flight: set[Deferred[Any]] = set()
 
     # -- the catalog ------------------------------------------------------------
+
+    def _write(self, command: dict[str, Any]) -> Deferred[Any]:
+        """
+        One catalog write through the agent's consensus. A write that found
+        no server or no leader is logged and left to the next full sync,
+        which comes sooner than usual.
+        """
+        self.writes += 1
+        d: Deferred[Any] = self._agent.consensus.apply(command)
+        if not d.called:  # a forwarded write, cancelled if the agent stops first
+            self._in_flight.add(d)
+
+            def landed(result: object) -> object:
+                self._in_flight.discard(d)
+                return result
+
+            d.addBoth(landed)
+
+        def failed(f: Failure) -> Failure | None:
+            if f.check(CancelledError):
+                return None  # the agent is stopping
+            if not f.check(NoLeader, NotLeader, RPCError):
+                return f
+            self.log.warn(
+                "catalog write not done, anti-entropy will retry: {why}",
+                why=f.getErrorMessage(),
+            )
+            self._sync_after(antientropy.retry_after_failure(self._cluster_size(), self._rng))
+            return None
+
+        return d.addErrback(failed)
 
     def _register(
         self, service: ServiceDefinition | None, checks: list[CheckState]
@@ -110,13 +168,115 @@ class LocalState:
         now = self._reactor.seconds()
         for c in checks:
             c.synced_at = now
-        d: Deferred[Any] = self._agent.consensus.apply({"Type": "register", "Request": request})
-        return d
+        return self._write({"Type": "register", "Request": request})
 
     def _deregister(self, **what: str) -> Deferred[Any]:
         request = {"Node": self._agent.config.node_name, **what}
-        d: Deferred[Any] = self._agent.consensus.apply({"Type": "deregister", "Request": request})
-        return d
+        return self._write({"Type": "deregister", "Request": request})
+
+    # -- anti-entropy ------------------------------------------------------------
+
+    @property
+    def sync_timer(self) -> IDelayedCall | None:
+        """The timer of the next full sync (tests bring it forward)."""
+        return self._sync_timer
+
+    def _cluster_size(self) -> int:
+        pool = self._agent.membership.lan
+        return len(pool.serf.members) if pool is not None else 1
+
+    def start_sync(self) -> Deferred[Any]:
+        """The first full sync (the agent is starting); later ones run on their own timer."""
+        return self._full_sync_now()
+
+    def trigger_sync(self) -> None:
+        """A server joined: a full sync within a few seconds (staggered)."""
+        if self._sync_timer is None and not self._syncing:
+            return  # the agent is still starting: its first full sync is to come
+        delay = antientropy.stagger(antientropy.SERVER_UP_INTERVAL, self._cluster_size(), self._rng)
+        self._sync_after(delay)
+
+    def _sync_after(self, delay: float) -> None:
+        """Arm the full sync timer for ``delay`` seconds, unless it fires sooner already."""
+        if self._stopped:
+            return
+        timer = self._sync_timer
+        if timer is not None and timer.active():
+            if timer.getTime() <= self._reactor.seconds() + delay:
+                return
+            timer.cancel()
+        self._sync_timer = self._reactor.callLater(delay, self._full_sync_now)
+
+    def _full_sync_now(self) -> Deferred[Any]:
+        if self._syncing or self._stopped:
+            return succeed(None)
+        self._syncing = True
+        if self._sync_timer is not None and self._sync_timer.active():
+            self._sync_timer.cancel()
+        self._sync_timer = None
+        d = ensureDeferred(self.full_sync())
+
+        def done(ok: bool) -> None:
+            self._syncing = False
+            nodes = self._cluster_size()
+            if ok:
+                self._sync_after(antientropy.next_full_sync(nodes, self._rng))
+            else:
+                self._sync_after(antientropy.retry_after_failure(nodes, self._rng))
+
+        def failed(f: Failure) -> bool:
+            if not f.check(CancelledError):
+                self.log.warn("anti-entropy full sync failed: {why}", why=f.getErrorMessage())
+            return False
+
+        return d.addErrback(failed).addCallback(done)
+
+    async def full_sync(self) -> bool:
+        """Read the catalog's view of this node and correct it (True once done)."""
+        self.full_syncs += 1
+        agent = self._agent
+        remote = await agent.node_state()
+        checks = {cid: c.catalog_row() for cid, c in self.checks.items()}
+        lagging = {
+            cid
+            for cid, c in self.checks.items()
+            if c.deferred_sync is not None and c.deferred_sync.active()
+        }
+        services = {sid: s.catalog_row() for sid, s in self.services.items()}
+        todo = antientropy.plan(
+            agent.node_registration(),
+            services,
+            checks,
+            remote,
+            lagging,
+            server=agent.config.server,
+        )
+        if not todo.writes():
+            return True
+        self.log.info(
+            "anti-entropy: {n} catalog entries of node {node} to correct: {plan}",
+            n=todo.writes(),
+            node=agent.config.node_name,
+            plan=todo,
+        )
+        writes: list[Deferred[Any]] = []
+        for sid in todo.services:
+            service = self.services[sid]
+            states = [c for c in self.checks.values() if c.definition.service_id == sid]
+            writes.append(self._register(service, states))
+        for cid in todo.checks:
+            state = self.checks[cid]
+            sid = state.definition.service_id
+            writes.append(self._register(self.services.get(sid) if sid else None, [state]))
+        if todo.node:
+            writes.append(self._register(None, []))
+        writes += [self._deregister(ServiceID=sid) for sid in todo.deregister_services]
+        writes += [self._deregister(CheckID=cid) for cid in todo.deregister_checks]
+        # a write that found no server has armed a sooner retry already (_write)
+        for ok, result in await DeferredList(writes, consumeErrors=True):
+            if not ok:
+                self.log.warn("anti-entropy write refused: {why}", why=result.getErrorMessage())
+        return True
 
     # -- services -----------------------------------------------------------------
 
@@ -461,6 +621,12 @@ class LocalState:
 
     def stop(self) -> None:
         """Cancel every timer and run (the agent is stopping)."""
+        self._stopped = True
+        if self._sync_timer is not None and self._sync_timer.active():
+            self._sync_timer.cancel()
+        self._sync_timer = None
+        for d in list(self._in_flight):
+            d.cancel()
         for state in self.checks.values():
             state.stop()
 

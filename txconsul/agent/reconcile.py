@@ -97,10 +97,13 @@ class Reconciler:
             return
         if member.tags.get("role") not in ("consul", "node"):
             return
-        if member.status == MemberStatus.ALIVE:
-            self._apply(register_command(member, c.datacenter, passing=True), name)
-        elif member.status == MemberStatus.FAILED:
-            self._apply(register_command(member, c.datacenter, passing=False), name)
+        if member.status in (MemberStatus.ALIVE, MemberStatus.FAILED):
+            command = register_command(member, c.datacenter, member.status == MemberStatus.ALIVE)
+            known = self._agent.store.catalog.nodes.get(name)
+            if known is not None and known["Address"] == member.address[0]:
+                # the node's own agent keeps its entry (meta included) by anti-entropy
+                command["Request"]["SkipNodeUpdate"] = True
+            self._apply(command, name)
         elif member.status == MemberStatus.LEFT:
             self._apply(deregister_command(name, c.datacenter), name)
 

@@ -39,6 +39,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from txconsul.agent.endpoints import ServerEndpoints
 from txconsul.agent.reconcile import Reconciler
 from txconsul.errors import BadRequest, NoLeader, NotFound, TxConsulError
 from txconsul.gossip.serf import MemberEvent, MemberStatus
@@ -149,13 +150,12 @@ class Servers(MultiService):
         self.dispatcher.register("Status.Peers", lambda body: self.consensus.peers())
         self.dispatcher.register("Status.Leader", lambda body: self.consensus.leader_address())
         self.dispatcher.register("Operator.RaftRemovePeerByAddress", self._rpc_remove_peer)
-        # a dev server is its own cluster: it needs no port (and tests run many at once)
-        self.listener: RPCListener | None = None
-        if not c.dev:
-            self.listener = RPCListener(
-                reactor, self.dispatcher, portno=c.ports["server"], interface=c.bind_addr
-            )
-            self.listener.setServiceParent(self)
+        ServerEndpoints(agent).install(self.dispatcher)  # what clients and followers ask
+        # a dev server binds its port too: client agents may join it (tests use port 0)
+        self.listener: RPCListener | None = RPCListener(
+            reactor, self.dispatcher, portno=c.ports["server"], interface=c.bind_addr
+        )
+        self.listener.setServiceParent(self)
         self.client = RPCClient(reactor, reactor)
         self.forwarder = Forwarder(
             lambda address, method, body: self.client.call(address, method, body, RPC_TIMEOUT),

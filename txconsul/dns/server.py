@@ -31,6 +31,7 @@ from twisted.protocols.basic import Int16StringReceiver
 from txconsul.config import AgentConfig
 from txconsul.dns.authority import Answer, ConsulAuthority
 from txconsul.dns.config import DNSConfig, parse_recursor
+from txconsul.dns.remote import RemoteAuthority
 from txconsul.interfaces import IConsensus
 from txconsul.state.store import StateStore
 
@@ -147,7 +148,7 @@ class DNSResponder:
 
     def __init__(
         self,
-        authority: ConsulAuthority,
+        authority: ConsulAuthority | RemoteAuthority,
         config: DNSConfig,
         recursors: Sequence[tuple[str, int]] = (),
         reactor: Any = None,
@@ -206,6 +207,13 @@ class DNSResponder:
         except Exception:
             self.log.failure("DNS lookup of {name!r} failed", name=query.name.name)
             answer = Answer(dns.ESERVER, authoritative=False)
+        if isinstance(answer, Deferred):  # a client agent's server answers
+            return answer.addCallback(self._answered, reply, query, udp, edns)
+        return self._answered(answer, reply, query, udp, edns)
+
+    def _answered(
+        self, answer: Answer, reply: dns.Message, query: dns.Query, udp: bool, edns: EDNS | None
+    ) -> bytes | Deferred[bytes]:
         if answer.recurse and self._recursors:
             return ensureDeferred(self._recurse(reply, query, udp, edns))
         return self._finish(reply, answer, udp, edns)
@@ -358,9 +366,13 @@ class DNSService(Service):
         consensus: IConsensus,
         config: AgentConfig,
         rng: Any,
+        authority: RemoteAuthority | None = None,
     ) -> None:
+        """:param authority: a client agent's (its servers answer); by default the store's."""
         self._reactor = reactor
-        self.authority = ConsulAuthority(store, consensus, config, reactor, rng)
+        self.authority: ConsulAuthority | RemoteAuthority = authority or ConsulAuthority(
+            store, consensus, config, reactor, rng
+        )
         recursors = [parse_recursor(r) for r in config.recursors]
         self.responder = DNSResponder(self.authority, config.dns, recursors, reactor)
         self._portno = config.ports["dns"]

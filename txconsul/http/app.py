@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, unquote_to_bytes
 
 import attrs
 from klein import Klein
-from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -30,12 +30,15 @@ from werkzeug.exceptions import NotFound as WerkzeugNotFound
 from werkzeug.routing import RequestRedirect
 
 from txconsul import gojson
+from txconsul.agent.remote import check_lease, confirm_read, leads
 from txconsul.duration import parse_duration
-from txconsul.errors import BadRequest, TooLarge, TxConsulError
+from txconsul.errors import BadRequest, NoLeader, TooLarge, TxConsulError
+from txconsul.http.remote import forwarded
 from txconsul.state.fsm import TxnFailed
 
 if TYPE_CHECKING:
     from txconsul.agent.agent import Agent
+
 
 DEFAULT_WAIT = 300.0
 MAX_WAIT = 600.0
@@ -336,10 +339,35 @@ class HTTPApi:
         """
         if opts is None:
             opts = self.query_options(request)
+        if self._needs_leader(opts):
+            agent = self.agent
+            if not leads(agent):
+                # a follower: the leader answers (a request sent on already stops here)
+                if getattr(request, "hop", False):
+                    raise NoLeader("No cluster leader")
+                try:
+                    body = read_body(request, MAX_JSON_BODY)
+                except TxConsulError as e:
+                    return fail(e)
+                return agent.remote.http(request, body, hop=True)
+            if opts.consistent or opts.index:
+                return ensureDeferred(self._block(request, tuple(channels), run, opts))
+            check_lease(agent)
         index, result = run()
         if opts.index and index <= opts.index:
             return ensureDeferred(self._block(request, tuple(channels), run, opts))
         return self._render(request, index, result)
+
+    def _needs_leader(self, opts: QueryOptions) -> bool:
+        """Default and ``?consistent`` reads on a server are the leader's (DESIGN.md)."""
+        return not opts.stale and self.agent.config.server
+
+    async def _confirm(self, opts: QueryOptions) -> None:
+        """Before each run of a leader's read: its lease, or a quorum's word."""
+        if opts.consistent:
+            await confirm_read(self.agent, self.clock)
+        else:
+            check_lease(self.agent)
 
     async def _block(
         self,
@@ -350,14 +378,19 @@ class HTTPApi:
     ) -> bytes:
         wait = opts.wait + self.rng.random() * opts.wait / 16
         deadline = self.clock.seconds() + wait
+        leader = self._needs_leader(opts)
+        if leader:
+            await self._confirm(opts)
         index, result = run()
-        while index <= opts.index:
+        while opts.index and index <= opts.index:
             remaining = deadline - self.clock.seconds()
             if remaining <= 0:
                 break
             waiting = self.store.watches.wait(channels)
             waiting.addTimeout(remaining, self.clock, onTimeoutCancel=_timed_out)
             await waiting
+            if leader:
+                await self._confirm(opts)
             index, result = run()
         return self._render(request, index, result)
 
@@ -406,6 +439,9 @@ class APIRoot(Resource):
             request.method.decode("utf-8")
         except UnicodeDecodeError:
             return HTTPApi.plain_error(request, 400, "Invalid URL encoding: not UTF-8")
+        agent = self._api.agent
+        if not agent.config.server and forwarded(path):
+            return self._later(request, self._forward(request))
         for prefix, methods in self._api.fast_routes.items():
             if path.startswith(prefix) and len(path) > len(prefix) and b"//" not in path:
                 handler = methods.get(request.method)
@@ -418,6 +454,15 @@ class APIRoot(Resource):
                 return self._serve(request, handler, rest)
         return self._inner.render(request)
 
+    def _forward(self, request: IRequest) -> Deferred[bytes]:
+        """A client agent's request, answered by a server."""
+        remote = self._api.agent.remote
+        try:
+            body = read_body(request, MAX_JSON_BODY)
+        except TxConsulError as e:
+            return fail(e)
+        return remote.http(request, body, hop=False)
+
     def _serve(self, request: IRequest, handler: Callable[[IRequest, str], Any], rest: str) -> Any:
         try:
             result = handler(request, rest)
@@ -425,6 +470,10 @@ class APIRoot(Resource):
             return self._error(request, Failure(e))
         if not isinstance(result, Deferred):
             return result
+        return self._later(request, result)
+
+    def _later(self, request: IRequest, result: Deferred[bytes]) -> Any:
+        """Answer with what ``result`` fires with; cancel it if the client goes away."""
         gone: list[bool] = []
 
         def client_left(reason: Failure) -> None:

@@ -13,6 +13,7 @@ import base64
 import binascii
 from typing import TYPE_CHECKING, Any
 
+import attrs
 from klein import Klein
 from twisted.internet.defer import Deferred
 from twisted.web.iweb import IRequest
@@ -102,12 +103,19 @@ def install(app: Klein, api: HTTPApi) -> None:
             body = read_json(request)
         except BadRequest as e:
             # Consul's txn endpoint words its decode errors this way.
-            raise BadRequest(str(e).replace("Request decode failed", "Failed to parse body")) from None
+            raise BadRequest(
+                str(e).replace("Request decode failed", "Failed to parse body")
+            ) from None
         ops = parse_ops(body, api.agent.config.kv_max_value_size)
         if all(op["Verb"] in KV_READ_VERBS for op in ops):
-            api.query_options(request)  # checks stale/consistent like any read
-            results, errors = api.agent.fsm.txn_ops(0, ops)
-            if errors:
-                raise TxnFailed(errors)
-            return api._render(request, api.store.last_index, {"Results": results, "Errors": None})
+            # a read like any other (consistency modes included), but never blocking
+            opts = attrs.evolve(api.query_options(request), index=0)
+
+            def run() -> tuple[int, Any]:
+                results, errors = api.agent.fsm.txn_ops(0, ops)
+                if errors:
+                    raise TxnFailed(errors)
+                return api.store.last_index, {"Results": results, "Errors": None}
+
+            return api.read(request, (), run, opts)
         return api.apply(request, {"Type": "txn", "Ops": ops})

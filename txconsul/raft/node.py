@@ -200,7 +200,7 @@ class RaftNode(Service):
 
     def apply(self, command: dict[str, Any]) -> Deferred[Any]:
         """Replicate ``command``; the Deferred fires with the FSM's result once applied here."""
-        if self.halted or self.core is None:
+        if self.halted or self.core is None or not self.running:
             return fail(NoLeader("raft is not running"))
         if self.core.role is not Role.LEADER:
             return fail(NotLeader(self.core.leader))

@@ -21,7 +21,7 @@ def dev_config(**flags: Any) -> Any:
     merged: dict[str, Any] = {
         "dev": True,
         "node_name": "node1",
-        "ports": {"http": 0, "dns": 0, "serf_lan": 0, "serf_wan": 0, "server": 8300},
+        "ports": {"http": 0, "dns": 0, "serf_lan": 0, "serf_wan": 0, "server": 0},
     }
     ports = flags.pop("ports", {})
     merged["ports"].update(ports)

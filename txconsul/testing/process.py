@@ -89,6 +89,8 @@ def spawn_twistd(
         str(free_port()),
         "--serf-wan-port",
         str(free_port()),
+        "--server-port",
+        str(free_port()),
         *args,
     ]
     reactor.spawnProcess(proto, argv[0], argv, env={**os.environ, **(env or {})}, path=cwd)
@@ -307,6 +309,4 @@ class ServerCluster:
             await deferLater(self.reactor, 0.1, lambda: None)
 
     def outputs(self, tail: int = 3000) -> str:
-        return "\n".join(
-            f"== {s.name}\n{s.output()[-tail:]}" for s in self.servers + self.clients
-        )
+        return "\n".join(f"== {s.name}\n{s.output()[-tail:]}" for s in self.servers + self.clients)

@@ -116,7 +116,7 @@ class JoinTests(GossipAgentTestCase):
         self.assertEqual(listing["c1"]["Addr"], "127.0.0.1")
         self.assertEqual(listing["c1"]["Tags"]["role"], "node")
         self.assertEqual(listing["s1"]["Tags"]["role"], "consul")
-        self.assertEqual(listing["s1"]["Tags"]["port"], "8300")
+        self.assertEqual(listing["s1"]["Tags"]["port"], s1.config.rpc_address.rsplit(":")[1])
         self.assertEqual(listing["s1"]["Tags"]["wan_join_port"], wan(s1).rsplit(":", 1)[1])
         self.assertEqual(listing["c2"]["Tags"]["id"], c2.node_id)
         self.assertEqual(

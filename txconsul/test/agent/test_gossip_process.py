@@ -37,9 +37,12 @@ class GossipProcessTests(TestCase):
 
     async def test_client_process_joins_a_server_process_and_leaves(self) -> None:
         server_http, server_lan = free_port(), free_port()
+        # a server of its own Raft cluster: the client sends its requests there
         server = self.start(
-            "--dev", "--node", "p-server", "--http-port", str(server_http),
-            "--serf-lan-port", str(server_lan), "--dns-port", "-1",
+            "--server", "--bootstrap-expect", "1", "--node", "p-server",
+            "--data-dir", os.path.abspath(self.mktemp()), "--server-port", str(free_port()),
+            "--http-port", str(server_http), "--serf-lan-port", str(server_lan),
+            "--dns-port", "-1",
         )  # fmt: skip
         await wait_for_leader(reactor, server_http, server)
         client_http = free_port()
@@ -54,6 +57,18 @@ class GossipProcessTests(TestCase):
         while await self.members(server_http) != want or await self.members(client_http) != want:
             self.assertLess(time.monotonic(), end, client.output.decode(errors="replace"))
             await deferLater(reactor, 0.1, lambda: None)
+        # the client answers from the server: the same leader, the same KV
+        url = f"http://127.0.0.1:{client_http}"
+        self.assertEqual(
+            await (await treq.get(url + "/v1/status/leader", persistent=False)).text(),
+            await (
+                await treq.get(f"http://127.0.0.1:{server_http}/v1/status/leader", persistent=False)
+            ).text(),
+        )
+        put = await treq.put(url + "/v1/kv/greeting", data=b"hi", persistent=False)
+        self.assertEqual(put.code, 200)
+        got = await treq.get(f"http://127.0.0.1:{server_http}/v1/kv/greeting?raw", persistent=False)
+        self.assertEqual(await got.content(), b"hi")
         response = await treq.put(
             f"http://127.0.0.1:{client_http}/v1/agent/leave", persistent=False
         )

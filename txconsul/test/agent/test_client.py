@@ -1,0 +1,331 @@
+"""
+A client agent in front of three Raft servers, all in this process on
+127.0.0.1: the client keeps no state and sends every read, write and DNS
+question to a server, moving to another one when a server stops.
+py-consul talks to the client, as a Consul user's code would.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import consul
+from twisted.internet import reactor  # noqa: TID251 (real-socket test)
+from twisted.internet.defer import gatherResults
+from twisted.internet.threads import deferToThread
+from twisted.names import client as dns_client
+from twisted.names import dns
+from twisted.trial.unittest import TestCase
+
+from txconsul.agent.agent import Agent
+from txconsul.testing.agent import api_call, make_agent, start_agent
+from txconsul.testing.polling import poll_until
+
+FAST = {"probe_interval": "100ms", "probe_timeout": "50ms", "gossip_interval": "20ms"}
+
+
+def lan(agent: Agent) -> str:
+    assert agent.membership.lan is not None
+    return "127.0.0.1:%d" % agent.membership.lan.gossip.address()[1]
+
+
+class ClientClusterTestCase(TestCase):
+    """Three servers (s1-s3) and client agents joined to them."""
+
+    timeout = 60
+
+    def server(self, name: str, **flags: Any) -> Agent:
+        return make_agent(
+            self,
+            reactor,
+            node_name=name,
+            dev=False,
+            server=True,
+            bootstrap_expect=3,
+            data_dir=self.mktemp(),
+            gossip_lan=FAST,
+            gossip_wan=FAST,
+            ports={"server": 0},
+            **flags,
+        )
+
+    async def cluster(self) -> list[Agent]:
+        s1 = self.server("s1")
+        s2 = self.server("s2", start_join=[lan(s1)])
+        s3 = self.server("s3", start_join=[lan(s1)])
+        servers = [s1, s2, s3]
+        await gatherResults([a.when_ready() for a in servers])
+        return servers
+
+    async def client(
+        self, name: str, servers: list[Agent], dirs: tuple[str, ...] = (), **flags: Any
+    ) -> Agent:
+        flags.setdefault("start_join", [lan(servers[0])])
+        return await start_agent(
+            self,
+            reactor,
+            dirs=dirs,
+            node_name=name,
+            dev=False,
+            server=False,
+            data_dir=self.mktemp(),
+            gossip_lan=FAST,
+            **flags,
+        )
+
+    def py_consul(self, agent: Agent, **kw: Any) -> consul.Consul:
+        host, port = agent.http.address()
+        c = consul.Consul(host=host, port=port, **kw)
+        self.addCleanup(c.http.session.close)
+        return c
+
+    def call(self, f: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        """One blocking py-consul call, in a thread while the reactor serves it."""
+        return deferToThread(f, *args, **kw)
+
+    async def wait_for(self, condition: Callable[[], Any], limit: float = 15.0) -> None:
+        if not await poll_until(reactor, condition, limit):
+            self.fail(f"condition not met within {limit}s")
+
+    def leader(self, servers: list[Agent]) -> Agent:
+        leaders = [s for s in servers if s.running and s.consensus.is_leader()]
+        assert len(leaders) == 1, leaders
+        return leaders[0]
+
+    @staticmethod
+    def has_service(server: Agent, node: str, sid: str) -> bool:
+        return sid in server.store.catalog.services.get(node, {})
+
+    async def stale_value(self, agent: Agent, key: str, want: str) -> bool:
+        return await self.kv(agent, key + "?stale") == want
+
+    async def equals(self, got: Any, want: Any) -> bool:
+        return bool(await got == want)
+
+    async def kv(self, agent: Agent, key: str, query: str = "") -> str | None:
+        code, body = await api_call(agent, "GET", f"/v1/kv/{key}{query}")
+        if code != 200:
+            return None
+        return base64.b64decode(body[0]["Value"]).decode()
+
+
+class ClientForwardingTests(ClientClusterTestCase):
+    async def test_kv_put_get_and_cas_through_a_client(self) -> None:
+        servers = await self.cluster()
+        c1 = await self.client("c1", servers)
+        kv = self.py_consul(c1).kv
+        self.assertIs(await self.call(kv.put, "web/maxconn", "100"), True)
+        index, entry = await self.call(kv.get, "web/maxconn")
+        self.assertEqual(entry["Value"], b"100")
+        self.assertEqual(int(index), entry["ModifyIndex"])
+        self.assertIs(await self.call(kv.put, "web/maxconn", "200", cas=entry["ModifyIndex"]), True)
+        self.assertIs(
+            await self.call(kv.put, "web/maxconn", "300", cas=entry["ModifyIndex"]), False
+        )
+        _, entry = await self.call(kv.get, "web/maxconn")
+        self.assertEqual(entry["Value"], b"200")
+        # every server has it; the client's own store has nothing
+        for server in servers:
+            await self.wait_for(functools.partial(self.stale_value, server, "web/maxconn", "200"))
+        self.assertIsNone(c1.store.kv.get("web/maxconn"))
+        self.assertEqual(c1.store.catalog.nodes, {})
+        # a bad request is refused by the server with its own words
+        code, body = await api_call(c1, "GET", "/v1/kv/x?index=abc")
+        self.assertEqual((code, body), (400, "Invalid index\n"))
+        code, body = await api_call(c1, "PUT", "/v1/txn", b"[]")
+        self.assertEqual(code, 200)
+        self.assertEqual(body, {"Results": [], "Errors": None})
+
+    async def test_a_blocking_query_on_the_client_wakes_on_a_write_through_another_server(
+        self,
+    ) -> None:
+        servers = await self.cluster()
+        c1 = await self.client("c1", servers)
+        kv = self.py_consul(c1).kv
+        await self.call(kv.put, "config/color", "red")
+        index, _ = await self.call(kv.get, "config/color")
+        blocked = self.call(kv.get, "config/color", index=index, wait="20s")
+        # the write goes in through a server the client does not use
+        other = next(s for s in servers if s.config.rpc_address != c1.remote.forwarder.preferred)
+        code, _ = await api_call(other, "PUT", "/v1/kv/config/color", b"blue")
+        self.assertEqual(code, 200)
+        new_index, entry = await blocked
+        self.assertGreater(int(new_index), int(index))
+        self.assertEqual(entry["Value"], b"blue")
+        # the headers of a read come from the leader
+        response = await deferToThread(
+            self.py_consul(c1).http.session.get,
+            f"http://{c1.http.address()[0]}:{c1.http.address()[1]}/v1/kv/config/color",
+        )
+        self.assertEqual(response.headers["X-Consul-KnownLeader"], "true")
+        self.assertEqual(response.headers["X-Consul-LastContact"], "0")
+        self.assertEqual(response.headers["X-Consul-Index"], new_index)
+
+    async def test_catalog_and_health_show_the_clients_services(self) -> None:
+        servers = await self.cluster()
+        config_dir = self.mktemp()
+        os.makedirs(config_dir)
+        with open(os.path.join(config_dir, "db.json"), "w") as f:
+            json.dump({"service": {"name": "db", "port": 5432, "check": {"ttl": "30s"}}}, f)
+        c1 = await self.client("c1", servers, dirs=(config_dir,))
+        client = self.py_consul(c1)
+        ok = await self.call(
+            client.agent.service.register, "web", port=80, check={"TTL": "30s"}, tags=["v1"]
+        )
+        self.assertIs(ok, True)
+        await self.call(client.agent.check.ttl_pass, "service:web")
+        _, nodes = await self.call(client.catalog.service, "web")
+        self.assertEqual([(n["Node"], n["ServicePort"]) for n in nodes], [("c1", 80)])
+        _, entries = await self.call(client.health.service, "web", passing=True)
+        self.assertEqual([e["Node"]["Node"] for e in entries], ["c1"])
+        _, entries = await self.call(client.health.service, "db", passing=True)
+        self.assertEqual(entries, [])  # its TTL has not passed yet: critical
+        _, node = await self.call(client.catalog.node, "c1")
+        self.assertEqual(sorted(node["Services"]), ["db", "web"])
+        # the leader keeps the client's liveness check
+        _, checks = await self.call(client.health.node, "c1")
+        self.assertIn("serfHealth", {c["CheckID"] for c in checks})
+        # the servers have it, the client's store has nothing
+        for server in servers:
+            await self.wait_for(functools.partial(self.has_service, server, "c1", "web"))
+        self.assertEqual(c1.store.catalog.services, {})
+        # a deregistration travels too
+        await self.call(client.agent.service.deregister, "web")
+        _, nodes = await self.call(client.catalog.service, "web")
+        self.assertEqual(nodes, [])
+
+    async def test_dns_on_the_client_answers_from_the_servers(self) -> None:
+        servers = await self.cluster()
+        c1 = await self.client("c1", servers, ports={"dns": 0})
+        client = self.py_consul(c1)
+        await self.call(client.agent.service.register, "api", port=8080, address="10.0.0.9")
+        assert c1.dns is not None
+        host, port = c1.dns.address()
+        resolver = dns_client.Resolver(servers=[(host, port)], reactor=reactor)
+
+        async def known() -> bool:
+            # DNS reads are stale by default: the server asked may apply the write a little later
+            try:
+                await resolver.lookupAddress("api.service.consul")
+            except dns.DomainError:
+                return False
+            return True
+
+        await self.wait_for(known)
+        answers, _, _ = await resolver.lookupAddress("api.service.consul")
+        self.assertEqual([a.payload.dottedQuad() for a in answers], ["10.0.0.9"])
+        answers, _, additional = await resolver.lookupService("api.service.consul")
+        self.assertEqual([a.payload.port for a in answers], [8080])
+        answers, _, _ = await resolver.lookupAddress("s2.node.consul")
+        self.assertEqual([a.payload.dottedQuad() for a in answers], ["127.0.0.1"])
+        failure = await self.assertFailure(
+            resolver.lookupAddress("nothing.service.consul"), dns.DomainError
+        )
+        self.assertIsNotNone(failure)
+
+    async def test_a_stopped_server_is_retried_around(self) -> None:
+        servers = await self.cluster()
+        c1 = await self.client("c1", servers)
+        kv = self.py_consul(c1).kv
+        self.assertIs(await self.call(kv.put, "k", "1"), True)
+        used = c1.remote.forwarder.preferred
+        assert used is not None
+        gone = next(s for s in servers if s.config.rpc_address == used)
+        await gone.stopService()
+        rest = [s for s in servers if s is not gone]
+        await self.wait_for(lambda: any(s.consensus.is_leader() for s in rest))
+        # reads and writes go on through another server
+        self.assertIs(await self.call(kv.put, "k", "2"), True)
+        _, entry = await self.call(kv.get, "k")
+        self.assertEqual(entry["Value"], b"2")
+        self.assertNotEqual(c1.remote.forwarder.preferred, used)
+
+    async def test_a_client_that_knows_no_server_answers_500(self) -> None:
+        c1 = await start_agent(
+            self,
+            reactor,
+            node_name="lonely",
+            dev=False,
+            server=False,
+            data_dir=self.mktemp(),
+            gossip_lan=FAST,
+        )
+        for method, path in [
+            ("GET", "/v1/kv/x"),
+            ("PUT", "/v1/kv/x"),
+            ("GET", "/v1/catalog/services"),
+            ("GET", "/v1/status/leader"),
+        ]:
+            code, body = await api_call(c1, method, path)
+            self.assertEqual((code, body), (500, "No known Consul servers\n"), path)
+        # its own endpoints still answer, and a registration waits for a server
+        code, _ = await api_call(
+            c1, "PUT", "/v1/agent/service/register", json.dumps({"Name": "web"}).encode()
+        )
+        self.assertEqual(code, 200)
+        code, services = await api_call(c1, "GET", "/v1/agent/services")
+        self.assertEqual((code, sorted(services)), (200, ["web"]))
+
+
+class ClientStateTests(ClientClusterTestCase):
+    async def passing(self, agent: Agent, service: str) -> list[str]:
+        code, entries = await api_call(agent, "GET", f"/v1/health/service/{service}?passing")
+        self.assertEqual(code, 200, entries)
+        return [e["Node"]["Node"] for e in entries]
+
+    async def test_a_service_deleted_through_a_server_comes_back_with_the_next_full_sync(
+        self,
+    ) -> None:
+        servers = await self.cluster()
+        c1 = await self.client("c1", servers)
+        client = self.py_consul(c1)
+        await self.call(client.agent.service.register, "web", port=80, check={"TTL": "1h"})
+        await self.call(client.agent.check.ttl_pass, "service:web", "fine")
+        body = json.dumps({"Node": "c1", "ServiceID": "web"}).encode()
+        code, _ = await api_call(servers[1], "PUT", "/v1/catalog/deregister", body)
+        self.assertEqual(code, 200)
+        _, nodes = await self.call(client.catalog.service, "web")
+        self.assertEqual(nodes, [])
+        # the next periodic full sync, brought forward, puts it back
+        timer = c1.local.sync_timer
+        assert timer is not None and timer.active()
+        writes = c1.local.writes
+        timer.reset(0)
+        await self.wait_for(lambda: self.passing(c1, "web"))
+        self.assertEqual(await self.passing(c1, "web"), ["c1"])
+        _, checks = await self.call(client.health.checks, "web")
+        self.assertEqual([(c["Status"], c["Output"]) for c in checks], [("passing", "fine")])
+        self.assertEqual(c1.local.writes, writes + 1)  # the service with its check, at once
+        # a full sync that finds nothing to correct writes nothing
+        timer = c1.local.sync_timer
+        assert timer is not None
+        syncs = c1.local.full_syncs
+        timer.reset(0)
+        await self.wait_for(lambda: c1.local.full_syncs > syncs)
+        self.assertEqual(c1.local.writes, writes + 1)
+
+    async def test_a_failed_clients_services_drop_out_of_the_passing_list(self) -> None:
+        servers = await self.cluster()
+        c1 = await self.client("c1", servers)
+        client = self.py_consul(c1)
+        await self.call(client.agent.service.register, "web", port=80)
+        await self.wait_for(lambda: self.equals(self.passing(servers[0], "web"), ["c1"]))
+        start = time.monotonic()
+        await c1.stopService()  # abrupt: no leave, its gossip just stops
+        await self.wait_for(lambda: self.equals(self.passing(servers[0], "web"), []))
+        detected = time.monotonic() - start
+        # the node stays in the catalog, its serfHealth critical
+        code, checks = await api_call(servers[0], "GET", "/v1/health/node/c1")
+        self.assertEqual(code, 200)
+        health = {c["CheckID"]: c["Status"] for c in checks}
+        self.assertEqual(health["serfHealth"], "critical")
+        code, entries = await api_call(servers[0], "GET", "/v1/health/service/web")
+        self.assertEqual([e["Node"]["Node"] for e in entries], ["c1"])
+        # within the failure detection of these gossip timings (100 ms probes)
+        self.assertLess(detected, 5.0)
