@@ -369,6 +369,7 @@ class LostTailTests(SynchronousTestCase):
         self.assertEqual(cluster.applied[name], commands)
         # and the pair commits without the third server
         index = leader.propose(cluster.now, b"after")
+        assert isinstance(index, int)
         cluster.pump()
         self.assertGreaterEqual(leader.commit_index, index)
 
