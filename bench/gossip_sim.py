@@ -6,6 +6,7 @@ time and replays exactly from its seed; wall times are indicative only.
     python bench/gossip_sim.py scale --nodes 100 1000 --seeds 1 2 3
     python bench/gossip_sim.py scale --nodes 10000 --seeds 1
     python bench/gossip_sim.py lifeguard --slow 1 2 4 8 --minutes 5 --seeds 1 2 3
+    python bench/gossip_sim.py loss --nodes 1000 --loss 0.05 0.1 0.2 --minutes 5
 
 ``scale`` starts a converged pool (``SimCluster(bootstrap=True)``) at LAN
 defaults with 5% packet loss, measures bytes per node per second over a quiet
@@ -14,13 +15,19 @@ false positives over the whole run. The dissemination constant lambda is the slo
 receipt in gossip periods (0.2 s) over log10(n + 1). ``lifeguard`` is Lifeguard's experiment:
 100 members, some of them slow (their inbox is handled seconds late while
 their timers fire on time), with awareness and dynamic suspicion off and on.
+``loss`` is FAULTS test 9 in simulation: a converged pool under random packet
+loss for some virtual minutes, a user event fired every 10 s by a random
+member; it counts members wrongly declared dead and times each event's spread
+to every member (lambda per event as above).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import math
 import random
+import resource
 import statistics
 import time
 
@@ -51,11 +58,15 @@ class ScaleResult:
     detect_max: float
     false_positives: int
     wall: float
+    cpu: float
 
 
 def scale(seed: int, n: int, loss: float, window: float) -> ScaleResult:
-    wall = time.monotonic()
+    wall, cpu = time.monotonic(), time.process_time()
     cluster = SimCluster(seed, n, loss=loss, measure_bytes=True, bootstrap=True)
+    # the pool's records live for the whole run: keep the cyclic collector off them
+    gc.collect()
+    gc.freeze()
     cluster.run(10)  # let the staggered timers settle
     net = cluster.net
     udp0, stream0 = net.datagram_bytes, net.stream_bytes
@@ -78,6 +89,7 @@ def scale(seed: int, n: int, loss: float, window: float) -> ScaleResult:
     cluster.run(60)
     detections = cluster.detections(victim)
     lat = [t - killed_at for t in detections.values()]
+    gc.unfreeze()
     return ScaleResult(
         udp,
         stream,
@@ -91,6 +103,7 @@ def scale(seed: int, n: int, loss: float, window: float) -> ScaleResult:
         max(lat) if lat else float("nan"),
         len(cluster.false_positives()),
         time.monotonic() - wall,
+        time.process_time() - cpu,
     )
 
 
@@ -99,6 +112,7 @@ def run_scale(args: argparse.Namespace) -> None:
     print("node; no live node ever failed at 5% loss; UDP bytes/node/s flat within 20%")
     print("from 100 to 1,000 nodes; 10,000 nodes complete.")
     flat: dict[int, float] = {}
+    stream: dict[int, float] = {}
     for n in args.nodes:
         results = []
         for seed in args.seeds:
@@ -110,11 +124,13 @@ def run_scale(args: argparse.Namespace) -> None:
                 f"event p50={r.event_p50:.3f} p99={r.event_p99:.3f} max={r.event_max:.3f} s "
                 f"all={r.event_reached_all}; failed at {r.detected_by}/{r.should_detect} "
                 f"median={r.detect_median:.1f} max={r.detect_max:.1f} s; "
-                f"false positives={r.false_positives}; wall {r.wall:.0f} s",
+                f"false positives={r.false_positives}; wall {r.wall:.0f} s "
+                f"(cpu {r.cpu:.0f} s, peak rss {peak_rss_gb():.1f} GB)",
                 flush=True,
             )
         med = statistics.median
         flat[n] = med(r.udp_bytes for r in results)
+        stream[n] = med(r.stream_bytes for r in results)
         print(
             f"n={n} median over {len(results)} seed(s): "
             f"udp={flat[n]:.0f} B/node/s "
@@ -129,6 +145,22 @@ def run_scale(args: argparse.Namespace) -> None:
     if 100 in flat and 1000 in flat:
         change = flat[1000] / flat[100] - 1
         print(f"udp bytes/node/s 100 -> 1,000 nodes: {change:+.1%} (target within +-20%)")
+        change = stream[1000] / stream[100] - 1
+        model = (1000 / push_pull_scale(1000)) / (100 / push_pull_scale(100)) - 1
+        print(
+            f"push/pull bytes/node/s 100 -> 1,000 nodes: {change:+.1%}; memberlist's "
+            f"pushPullScale predicts {model:+.0%} (each exchange carries every member, "
+            f"the interval grows only with log2 n)"
+        )
+
+
+def push_pull_scale(n: int) -> int:
+    """memberlist's push/pull interval multiplier for ``n`` members."""
+    return 1 if n <= 32 else math.ceil(math.log2(n) - math.log2(32)) + 1
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024
 
 
 @attrs.frozen
@@ -199,6 +231,69 @@ def run_lifeguard(args: argparse.Namespace) -> None:
         )
 
 
+@attrs.frozen
+class LossResult:
+    false_deaths: int
+    events: int
+    reached_all: int
+    spread_p50: float
+    spread_max: float
+    lambda_max: float
+    wall: float
+    cpu: float
+
+
+def loss_run(seed: int, n: int, loss: float, minutes: float) -> LossResult:
+    wall, cpu = time.monotonic(), time.process_time()
+    cluster = SimCluster(seed, n, loss=loss, bootstrap=True)
+    gc.collect()
+    gc.freeze()
+    cluster.run(10)
+    rng = random.Random(seed)
+    fired: dict[int, float] = {}
+    end = cluster.clock.seconds() + minutes * 60
+    ltime = 0
+    while cluster.clock.seconds() + 10 <= end:
+        ltime += 1
+        fired[ltime] = cluster.clock.seconds()
+        cluster.fire_event(f"node-{rng.randrange(n)}", ltime, f"event-{ltime}", b"")
+        cluster.run(10)
+    cluster.run(max(0.0, end - cluster.clock.seconds()))
+    receipts: dict[int, list[float]] = {}
+    for t, _, lt in cluster.deliveries:
+        receipts.setdefault(lt, []).append(t - fired[lt])
+    spreads = [max(r) for lt, r in receipts.items() if len(r) == n]
+    gc.unfreeze()
+    periods = cluster.config.gossip_interval * math.log10(n + 1)
+    return LossResult(
+        len(cluster.false_positives()),
+        len(fired),
+        len(spreads),
+        statistics.median(spreads) if spreads else float("nan"),
+        max(spreads) if spreads else float("nan"),
+        max(spreads) / periods if spreads else float("nan"),
+        time.monotonic() - wall,
+        time.process_time() - cpu,
+    )
+
+
+def run_loss(args: argparse.Namespace) -> None:
+    print(
+        "FAULTS test 9 (simulation): 0 false deaths at 5% loss; dissemination to all "
+        "members within ~lambda * log10(n + 1) gossip periods (lambda reported)"
+    )
+    for loss in args.loss:
+        for seed in args.seeds:
+            r = loss_run(seed, args.nodes, loss, args.minutes)
+            print(
+                f"n={args.nodes} loss={loss:.0%} seed={seed} {args.minutes:g} min: "
+                f"false deaths={r.false_deaths}; events reaching all {r.reached_all}/{r.events}, "
+                f"spread p50={r.spread_p50:.2f} max={r.spread_max:.2f} s, "
+                f"lambda(max)={r.lambda_max:.2f}; wall {r.wall:.0f} s (cpu {r.cpu:.0f} s)",
+                flush=True,
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command", required=True)
@@ -214,9 +309,16 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[1])
     p.add_argument("--delay", type=float, nargs=2, default=[0.5, 10.0], help="inbox delay range")
     p.add_argument("--lengths", type=float, nargs=2, default=[5.0, 20.0], help="episode lengths")
+    p = sub.add_parser("loss")
+    p.add_argument("--nodes", type=int, default=1000)
+    p.add_argument("--loss", type=float, nargs="+", default=[0.05, 0.1, 0.2])
+    p.add_argument("--minutes", type=float, default=5)
+    p.add_argument("--seeds", type=int, nargs="+", default=[1])
     args = parser.parse_args()
     if args.command == "scale":
         run_scale(args)
+    elif args.command == "loss":
+        run_loss(args)
     else:
         run_lifeguard(args)
 

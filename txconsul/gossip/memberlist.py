@@ -16,7 +16,7 @@ import functools
 import heapq
 import math
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -145,6 +145,20 @@ class Node:
         return c
 
 
+@attrs.frozen
+class SharedPush:
+    """The push/pull list of members shared by simulated cores, and where each one is in it."""
+
+    nodes: tuple[PushNodeState, ...]
+    index: dict[str, int]
+
+    @classmethod
+    def of(cls, shared: dict[str, Node]) -> SharedPush:
+        return cls(
+            tuple(n.to_push() for n in shared.values()), {name: i for i, name in enumerate(shared)}
+        )
+
+
 # outputs
 
 
@@ -182,6 +196,7 @@ class Delegate(Protocol):
     def node_meta(self, limit: int) -> bytes: ...
     def notify_msg(self, now: float, payload: bytes) -> None: ...
     def get_broadcasts(self, overhead: int, limit: int) -> list[bytes]: ...
+    def has_broadcasts(self) -> bool: ...
     def local_state(self, join: bool) -> bytes: ...
     def merge_remote_state(self, now: float, data: bytes, join: bool) -> None: ...
     def notify_join(self, now: float, node: Node) -> None: ...
@@ -201,6 +216,9 @@ class NullDelegate:
 
     def get_broadcasts(self, overhead: int, limit: int) -> list[bytes]:
         return []
+
+    def has_broadcasts(self) -> bool:
+        return False
 
     def local_state(self, join: bool) -> bytes:
         return b""
@@ -278,6 +296,10 @@ class Memberlist:
         self._alive_vsns: set[bytes] | None = None
         #: members borrowed from a table shared with other simulated cores
         self._shared: dict[str, Node] | None = None
+        #: our push/pull node list, kept until a member changes (``_changed``)
+        self._push_nodes: tuple[PushNodeState, ...] | None = None
+        #: the shared members' push/pull list, while we have changed none of them
+        self._shared_push: SharedPush | None = None
         self.leaving = False
         self.stopped = False
         me = Node(
@@ -360,6 +382,7 @@ class Memberlist:
         """Re-read the delegate's meta and announce it with a new incarnation."""
         self.me.meta = self.delegate.node_meta(META_MAX)
         self.me.incarnation += 1
+        self._changed()
         self._broadcast_alive()
         return self._drain()
 
@@ -384,19 +407,44 @@ class Memberlist:
     # --- push/pull ---------------------------------------------------------------
 
     def local_state(self, join: bool) -> PushPull:
-        nodes = tuple(n.to_push() for n in self.nodes.values())
-        return PushPull(join, nodes, self.delegate.local_state(join))
+        return PushPull(join, self._push_list(), self.delegate.local_state(join))
+
+    def _push_list(self) -> tuple[PushNodeState, ...]:
+        nodes = self._push_nodes
+        if nodes is None:
+            base = self._shared_push
+            if base is not None:
+                listed = list(base.nodes)
+                listed[base.index[self.name]] = self.me.to_push()
+                nodes = tuple(listed)
+            else:
+                nodes = tuple(n.to_push() for n in self.nodes.values())
+            self._push_nodes = nodes
+        return nodes
+
+    def _changed(self) -> None:
+        """A member was added, removed or changed: the push/pull list is stale."""
+        self._push_nodes = None
 
     def merge_remote_state(self, now: float, remote: PushPull) -> list[Output]:
         """Merge a peer's push/pull state (either side of the exchange)."""
         if self.stopped:
             return []
-        if not self._versions_compatible(remote.nodes):
+        entries: Sequence[PushNodeState] = remote.nodes
+        if self._shared is not None and len(entries) > 64:
+            # Simulated cores share member records (``bootstrap``): an entry
+            # that *is* one of our own push records says what we know already
+            # (shared records stay alive and unchanged), so only the others
+            # are merged and version-checked, ours being in ``_alive_vsns``.
+            mine = set(map(id, self._push_list()))
+            entries = [n for n in entries if id(n) not in mine]
+        if not self._versions_compatible(entries):
             raise MalformedPacket("incompatible protocol versions in push/pull")
         nodes = self.nodes
-        for n in remote.nodes:
+        alive = int(MemberState.ALIVE)
+        for n in entries:
             state = n.state
-            if state == MemberState.ALIVE:
+            if state == alive:
                 known = nodes.get(n.name)
                 if (
                     known is not None
@@ -418,7 +466,8 @@ class Memberlist:
     def _versions_compatible(self, remote: Iterable[PushNodeState]) -> bool:
         if self._alive_vsns is None:
             self._alive_vsns = {n.vsn for n in self.nodes.values() if n.state == MemberState.ALIVE}
-        vsns = {n.vsn for n in remote if n.state == MemberState.ALIVE} | self._alive_vsns
+        alive = int(MemberState.ALIVE)
+        vsns = {n.vsn for n in remote if n.state == alive} | self._alive_vsns
         vsns = {v for v in vsns if len(v) >= 6}
         if not vsns:
             return True
@@ -428,19 +477,29 @@ class Memberlist:
         hi_d = min(v[4] for v in vsns)
         return all(lo_p <= v[2] <= hi_p and lo_d <= v[5] <= hi_d for v in vsns)
 
-    def bootstrap(self, now: float, shared: dict[str, Node], order: list[str]) -> None:
+    def bootstrap(
+        self,
+        now: float,
+        shared: dict[str, Node],
+        order: list[str],
+        shared_push: SharedPush | None = None,
+    ) -> None:
         """
         Start as a member of a converged pool: know every node in ``shared``.
 
         For simulations of thousands of members: the ``Node`` records are
         shared between cores and copied before the first change, so 10,000
-        cores do not hold 10,000 copies each. The first push/pull is staggered
+        cores do not hold 10,000 copies each; ``shared_push`` is their push/pull
+        list, which a core uses (with its own record put in) for as long as
+        it has changed no other member. The first push/pull is staggered
         over the scaled interval, as for a member that has been running a while.
         """
         nodes = dict(shared)
         nodes[self.name] = self.me
         self.nodes = nodes
+        self._changed()
         self._shared = shared
+        self._shared_push = shared_push if shared_push and self.name in shared_push.index else None
         self._order = list(order)
         self._probe_index = int(self.rng.random() * len(order))
         self._alive_vsns = None
@@ -456,6 +515,8 @@ class Memberlist:
         if shared is not None and shared.get(node.name) is node:
             node = attrs.evolve(node)
             self.nodes[node.name] = node
+            self._shared_push = None
+        self._changed()  # every change of a member goes through here first
         return node
 
     # --- members -----------------------------------------------------------------
@@ -521,6 +582,8 @@ class Memberlist:
         for name in gone:
             del self.nodes[name]
         if gone:
+            self._shared_push = None
+            self._changed()
             self._order = [name for name in self._order if name in self.nodes]
         self.rng.shuffle(self._order)
 
@@ -645,8 +708,13 @@ class Memberlist:
                 picked.append(node)
         return picked
 
+    def _has_broadcasts(self) -> bool:
+        return bool(self.broadcasts) or self.delegate.has_broadcasts()
+
     def _gossip_tick(self, now: float) -> None:
         self._at(now + self.config.gossip_interval, self._gossip_tick)
+        if not self._has_broadcasts():
+            return  # nothing to say (memberlist would pick peers, then send nothing)
         dead_time = self.config.gossip_to_the_dead_time
 
         def gossip_target(node: Node) -> bool:
@@ -684,9 +752,10 @@ class Memberlist:
         return out
 
     def _send(self, to: Address, messages: list[Message], node: Node | None) -> None:
-        size = sum(_size(m) for m in messages)
-        room = UDP_BUFFER - size - COMPOUND_OVERHEAD - self._encrypt_overhead()
-        messages += self._broadcasts(room)
+        if self._has_broadcasts():
+            size = sum(_size(m) for m in messages)
+            room = UDP_BUFFER - size - COMPOUND_OVERHEAD - self._encrypt_overhead()
+            messages += self._broadcasts(room)
         crc = node is not None and node.pmax >= 5
         self._out.append(Packet(to, tuple(messages), crc))
 
@@ -697,6 +766,7 @@ class Memberlist:
 
     def _set_state(self, node: Node, state: MemberState, now: float) -> None:
         check_transition(node.state, state)
+        self._changed()
         if node.state != state:
             node.state = state
             node.state_change = now
@@ -736,6 +806,8 @@ class Memberlist:
                 address,
             )
             self.nodes[alive.node] = node
+            self._shared_push = None
+            self._changed()
             self._order.insert(int(self.rng.random() * (len(self._order) + 1)), alive.node)
         elif node.addr != alive.addr or node.port != alive.port:
             if node.state != MemberState.LEFT or local:
@@ -834,6 +906,7 @@ class Memberlist:
 
     def _refute(self, accused: int) -> None:
         self.me.incarnation = max(self.me.incarnation + 1, accused + 1) & 0xFFFFFFFF
+        self._changed()
         if self.config.awareness:
             self.awareness.apply(1)
         self._broadcast_alive()

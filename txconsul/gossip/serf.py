@@ -699,6 +699,9 @@ class Serf:
     def get_broadcasts(self, overhead: int, limit: int) -> list[bytes]:
         return self.broadcasts.get(overhead, limit, max(len(self.members), 1))
 
+    def has_broadcasts(self) -> bool:
+        return bool(self.broadcasts)
+
     def notify_msg(self, now: float, payload: bytes) -> None:
         if not payload:
             return

@@ -9,7 +9,6 @@ random choice, so a run replays exactly from ``TXCONSUL_SEED``.
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import random
@@ -28,6 +27,7 @@ from txconsul.gossip.memberlist import (
     NullDelegate,
     Output,
     Packet,
+    SharedPush,
     StartPushPull,
     StreamPing,
     message_size,
@@ -83,6 +83,9 @@ class _Recorder(NullDelegate):
         nodes = len(self.core.nodes) if self.core is not None else 1
         return self.queue.get(overhead, limit, nodes)
 
+    def has_broadcasts(self) -> bool:
+        return bool(self.queue)
+
     def notify_msg(self, now: float, payload: bytes) -> None:
         if not payload or payload[0] != USER_EVENT:
             return
@@ -101,21 +104,48 @@ class _Recorder(NullDelegate):
         self._cluster.joins.append(Declaration(now, self._name, node.name, node.state))
 
 
-def packet_size(payload: Any) -> int:
-    """Bytes a datagram or stream message would take on the wire (uncompressed)."""
-    if isinstance(payload, tuple):
-        sizes = [message_size(m) for m in payload]
-        return sizes[0] if len(sizes) == 1 else 2 + 2 * len(sizes) + sum(sizes)
-    if isinstance(payload, PushPull):
-        header = 40  # type byte and the msgpack header map
-        return header + sum(_node_size(n) for n in payload.nodes) + len(payload.user_state)
-    to_wire = getattr(payload, "to_wire", None)
-    return len(to_wire()) if to_wire is not None else 0
+class PacketSizer:
+    """
+    Bytes a datagram or stream message would take on the wire (uncompressed).
 
+    A push/pull carries every member: its records are measured once each (by
+    identity, since simulated cores share them) and a whole node list once
+    (cores reuse their list until a member changes), so that measuring 10,000
+    members per exchange costs next to nothing.
+    """
 
-@functools.lru_cache(maxsize=1 << 17)
-def _node_size(node: PushNodeState) -> int:
-    return len(wire.pack(node.to_dict()))
+    def __init__(self, limit: int = 1 << 20) -> None:
+        self._limit = limit
+        self._entries: dict[int, tuple[PushNodeState, int]] = {}
+        self._lists: dict[int, tuple[tuple[PushNodeState, ...], int]] = {}
+
+    def __call__(self, payload: Any) -> int:
+        if isinstance(payload, tuple):
+            sizes = [message_size(m) for m in payload]
+            return sizes[0] if len(sizes) == 1 else 2 + 2 * len(sizes) + sum(sizes)
+        if isinstance(payload, PushPull):
+            header = 40  # type byte and the msgpack header map
+            return header + self._nodes(payload.nodes) + len(payload.user_state)
+        to_wire = getattr(payload, "to_wire", None)
+        return len(to_wire()) if to_wire is not None else 0
+
+    def _nodes(self, nodes: tuple[PushNodeState, ...]) -> int:
+        known = self._lists.get(id(nodes))
+        if known is not None and known[0] is nodes:
+            return known[1]
+        entries = self._entries
+        total = 0
+        for node in nodes:
+            entry = entries.get(id(node))
+            if entry is None or entry[0] is not node:
+                entry = entries[id(node)] = (node, len(wire.pack(node.to_dict())))
+            total += entry[1]
+        if len(entries) > self._limit:
+            entries.clear()
+        if len(self._lists) > 1024:
+            self._lists.clear()
+        self._lists[id(nodes)] = (nodes, total)
+        return total
 
 
 class SimMember:
@@ -263,7 +293,7 @@ class SimCluster:
             self.clock,
             latency=latency,
             loss=loss,
-            sizer=packet_size if measure_bytes else None,
+            sizer=PacketSizer() if measure_bytes else None,
         )
         self.config = config if config is not None else GossipConfig.lan()
         self.declarations: list[Declaration] = []
@@ -303,8 +333,9 @@ class SimCluster:
         shared = {name: attrs.evolve(m.core.me) for name, m in self.members.items()}
         order = list(shared)
         self.rng.shuffle(order)
+        shared_push = SharedPush.of(shared)
         for member in self.members.values():
-            member.core.bootstrap(now, shared, order)
+            member.core.bootstrap(now, shared, order, shared_push)
             member.emit([])
 
     def fire_event(self, origin: str, ltime: int, name: str, payload: bytes = b"") -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import sys
@@ -22,12 +23,35 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
+_PICK = random.SystemRandom()
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
+    """
+    A port that no TCP or UDP socket is bound to right now (gossip binds both).
+
+    It is drawn below the kernel's ephemeral range, so that no outgoing
+    connection of another process takes it as its source port before the
+    agent that is given it binds it (which may be seconds later).
+    """
+    high = min(_ephemeral_low(), 65536)
+    low = 10000 if high > 12000 else 1024
+    while True:
+        port = _PICK.randrange(low, high)
+        with socket.socket() as s, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            try:
+                s.bind((host, port))
+                u.bind((host, port))
+            except OSError:
+                continue
         return port
 
 

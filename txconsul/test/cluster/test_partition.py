@@ -33,10 +33,8 @@ ISOLATE = 10.0
 FAILOVER_LIMIT = 5.0
 HEALTHY_LIMIT = 10.0
 #: whether the isolated leader must also refuse ``?consistent`` reads, and
-#: reads go into the history. Not yet: a server answers ``?consistent`` from
-#: its own store without confirming its leadership with a quorum (issue 4
-#: item 4, in progress), so an isolated leader still answers them.
-CHECK_READS = False
+#: reads go into the history
+CHECK_READS = True
 
 
 def missing_requirements() -> list[str]:

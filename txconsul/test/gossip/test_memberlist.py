@@ -312,6 +312,15 @@ class PushPullTests(CoreTestCase):
         self.assertEqual(core.nodes["n3"].state, MemberState.LEFT)
         self.assertEqual(core.nodes["n7"].state, MemberState.ALIVE)
 
+    def test_push_pull_interval_scales_as_memberlists_push_pull_scale(self) -> None:
+        # memberlist util.go pushPullScale: unchanged up to 32 members, then
+        # multiplied by ceil(log2(n) - log2(32)) + 1, n counting every member
+        core = self.make()
+        expected = {1: 30, 32: 30, 33: 60, 64: 60, 65: 90, 100: 90, 1000: 180, 10000: 300}
+        for n, seconds in expected.items():
+            core.nodes = {f"n{i}": core.me for i in range(n)}
+            self.assertEqual(core._push_pull_interval(), seconds, n)
+
     def test_incompatible_versions_refuse_the_merge(self) -> None:
         core = self.make()
         bad = PushNodeState("n2", ip_bytes("10.0.0.2"), 8301, b"", 1, 0, bytes([1, 5, 2, 2, 3, 3]))
@@ -397,4 +406,10 @@ class RobustnessTests(SynchronousTestCase):
             self.assertEqual(set(core._order), set(core.nodes))
             self.assertEqual(len(core._order), len(core.nodes))
             self.assertEqual(core.nodes["n1"].state in (MemberState.ALIVE,), True)
+            # the push/pull list kept between changes is what a fresh one would be
+            fresh = tuple(
+                PushNodeState(n.name, n.addr, n.port, n.meta, n.incarnation, int(n.state), n.vsn)
+                for n in core.nodes.values()
+            )
+            self.assertEqual(core.local_state(False).nodes, fresh)
         core.tick(now + 100)

@@ -13,6 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from txconsul.gossip.memberlist import GossipConfig
 from txconsul.gossip.simulation import SimCluster, seed_from_env
+from txconsul.gossip.states import MemberState
 from txconsul.testing.simclock import SimClock
 
 
@@ -139,3 +140,16 @@ class ScaleTests(SynchronousTestCase):
         self.assertEqual(len(latencies), 1000, replay(self.seed))
         self.assertLess(latencies[int(0.99 * len(latencies))], 1.0, replay(self.seed))
         self.assertEqual(cluster.false_positives(), [], replay(self.seed))
+
+    def test_shared_records_give_the_same_push_pull_lists_as_private_ones(self) -> None:
+        """The simulation's shortcuts for big pools change no push/pull content."""
+        cluster = SimCluster(self.seed, 80, loss=0.1, bootstrap=True, measure_bytes=True)
+        cluster.run(3)
+        cluster.kill("node-7")
+        cluster.run(40)  # suspicions, deaths, push/pulls between cores with shared records
+        for member in cluster.live():
+            core = member.core
+            fresh = tuple(n.to_push() for n in core.nodes.values())
+            self.assertEqual(core.local_state(False).nodes, fresh, replay(self.seed))
+            self.assertEqual(core.nodes["node-7"].state, MemberState.DEAD, replay(self.seed))
+        self.assertGreater(cluster.net.stream_bytes, 0)
