@@ -244,13 +244,24 @@ class Servers(MultiService):
         self.addService(node)
 
     def when_leader(self) -> Deferred[None]:
-        """Fires once the cluster has a leader (serving its term) that this server knows of."""
+        """
+        Fires once the cluster has a leader (serving its term) that this server
+        knows of; fails if the node halts first (a store it cannot load).
+        """
+        node = self.node
+        if node is not None and node.halt_error is not None:
+            return fail(node.halt_error)
         if self._has_leader():
             return succeed(None)
         d: Deferred[None] = Deferred()
 
         def check() -> None:
-            if self._has_leader():
+            node = self.node
+            if node is not None and node.halt_error is not None:
+                poll.stop()
+                self._polls.remove(poll)
+                d.errback(node.halt_error)  # it will never have a leader: the agent gives up
+            elif self._has_leader():
                 poll.stop()
                 self._polls.remove(poll)
                 d.callback(None)

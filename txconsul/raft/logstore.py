@@ -8,7 +8,8 @@ none of it). ``MemoryLogStore`` is for tests and simulations and can
 ``crash()``, losing what was not synced. ``SQLiteLogStore`` keeps everything
 in ``data_dir/raft/raft.db``: WAL mode with ``synchronous=FULL``, one
 transaction per batch; SQLite's WAL checksums drop a torn last transaction
-when the file is next opened. A failed sync poisons the store: every later
+when the file is next opened, and ``scan_wal`` finds it first so that the
+drop is logged. A failed sync poisons the store: every later
 call raises ``StoreFailed``, and the node stops acknowledging anything.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import struct
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -170,6 +172,82 @@ def _entry_row(e: Entry) -> tuple[int, int, bytes, bytes | None, int]:
     return (e.index, e.term, e.command, config, _crc(head, e.command, config or b""))
 
 
+#: the WAL header's magic number says in which byte order its checksums run
+_WAL_MAGIC = {0x377F0682: "<", 0x377F0683: ">"}
+_WAL_HEADER = 32
+_FRAME_HEADER = 24
+
+
+@attrs.frozen
+class WALScan:
+    """What a SQLite write-ahead log holds, as SQLite will read it when opened."""
+
+    committed_frames: int = 0
+    #: frames written after the last complete transaction (a crash mid-write)
+    torn_frames: int = 0
+    #: the header is damaged: SQLite ignores the whole file
+    bad_header: bool = False
+    #: frames of this generation follow a damaged one: SQLite would drop
+    #: complete transactions with it (a flipped bit, not a torn write)
+    damaged: bool = False
+
+
+def _wal_checksum(data: bytes, order: str, s0: int, s1: int) -> tuple[int, int]:
+    words = struct.unpack(f"{order}{len(data) // 4}I", data)
+    for i in range(0, len(words), 2):
+        s0 = (s0 + words[i] + s1) & 0xFFFFFFFF
+        s1 = (s1 + words[i + 1] + s0) & 0xFFFFFFFF
+    return s0, s1
+
+
+def scan_wal(data: bytes) -> WALScan:
+    """
+    Walk a WAL as SQLite's recovery does (file format, section 4): frames are
+    valid while their salts match the header's and their running checksum
+    holds; what follows the last valid commit frame is dropped. Frames with
+    other salts are an older generation of the file, not a torn write.
+    """
+    if len(data) < _WAL_HEADER:
+        return WALScan(bad_header=bool(data))
+    magic, _version, page_size, _seq, salt1, salt2, c1, c2 = struct.unpack(">8I", data[:32])
+    order = _WAL_MAGIC.get(magic)
+    if order is None or page_size < 512 or page_size & (page_size - 1):
+        return WALScan(bad_header=True)
+    s0, s1 = _wal_checksum(data[:24], order, 0, 0)
+    if (s0, s1) != (c1, c2):
+        return WALScan(bad_header=True)
+    frame = _FRAME_HEADER + page_size
+    committed = valid = 0
+    offset = _WAL_HEADER
+    torn = 0
+    while offset < len(data):
+        chunk = data[offset : offset + frame]
+        if len(chunk) < 16:
+            torn = 1  # the file ends inside a frame header: a write cut short
+            break
+        _page, commit, f_salt1, f_salt2 = struct.unpack(">4I", chunk[:16])
+        if (f_salt1, f_salt2) != (salt1, salt2):
+            break  # an older generation of the file
+        if len(chunk) < frame:
+            torn = 1
+            break
+        f_c1, f_c2 = struct.unpack(">2I", chunk[16:24])
+        s0, s1 = _wal_checksum(chunk[:8] + chunk[24:], order, s0, s1)
+        if (s0, s1) != (f_c1, f_c2):
+            torn = 1
+            break
+        valid += 1
+        if commit:
+            committed = valid
+        offset += frame
+    damaged = False
+    for later in range(offset + frame, len(data) - 16 + 1, frame):
+        if struct.unpack(">2I", data[later + 8 : later + 16]) == (salt1, salt2):
+            damaged = True
+            break
+    return WALScan(committed, valid - committed + torn, damaged=damaged)
+
+
 @implementer(ILogStore)
 class SQLiteLogStore:
     """
@@ -185,13 +263,54 @@ class SQLiteLogStore:
     def __init__(self, directory: str) -> None:
         os.makedirs(directory, exist_ok=True)
         self.path = os.path.join(directory, "raft.db")
+        self._refusal = self._check_wal()
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._in_txn = False
+        self.failed = False
+        if self._refusal is not None:
+            self.failed = True  # write nothing: a write would reset the damaged file
+            return
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
-        self._in_txn = False
-        self.failed = False
         self.syncs = 0
+
+    def _check_wal(self) -> str | None:
+        """
+        Say what SQLite is about to drop from the write-ahead log, before it
+        opens it. A torn last transaction was never synced, hence never
+        acknowledged: dropping it is the repair. Damage before complete
+        transactions would lose synced state (a term, a vote, entries) that
+        SQLite would drop without a word: the reason to refuse to load.
+        """
+        wal = self.path + "-wal"
+        try:
+            with open(wal, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return None
+        scan = scan_wal(data)
+        if scan.bad_header or scan.damaged:
+            where = "its header" if scan.bad_header else "a frame before the last transaction"
+            self.log.error(
+                "raft log {path}: the write-ahead log {wal} is damaged in {where}; SQLite"
+                " would drop synced transactions with it, so this server refuses to load"
+                " its log. Remove {wal} (losing what it held) or the raft directory"
+                " (rejoining empty)",
+                path=self.path,
+                wal=wal,
+                where=where,
+            )
+            return f"the write-ahead log {wal} is damaged in {where}"
+        if scan.torn_frames:
+            self.log.warn(
+                "raft log {path}: the write-ahead log ends in {frames} frame(s) of a"
+                " transaction that never finished (a crash mid-write); dropping them,"
+                " the log ends at the last complete transaction",
+                path=self.path,
+                frames=scan.torn_frames,
+            )
+        return None
 
     # -- helpers -----------------------------------------------------------------
 
@@ -220,7 +339,15 @@ class SQLiteLogStore:
                 raise ValueError("checksum mismatch")
             return msgpack.unpackb(blob, raw=False)
         except Exception as e:
-            raise StoreFailed(f"stable record {key!r} in {self.path} is corrupt: {e}") from e
+            what = "snapshot" if key == "snapshot" else f"stable record {key!r}"
+            self.log.error(
+                "raft log {path}: the {what} is corrupt ({error}); refusing to load it."
+                " Remove {path} to rejoin the cluster empty, or restore a copy",
+                path=self.path,
+                what=what,
+                error=e,
+            )
+            raise StoreFailed(f"{what} in {self.path} is corrupt: {e}") from e
 
     def _commit(self) -> None:
         """One durable transaction (a test overrides this to inject an fsync error)."""
@@ -229,6 +356,8 @@ class SQLiteLogStore:
     # -- ILogStore ----------------------------------------------------------------
 
     def load(self) -> Restored:
+        if self._refusal is not None:
+            raise StoreFailed(self._refusal)
         self._check()
         state = self._get("state") or [0, None]
         base = self._get("base") or [0, 0]

@@ -110,14 +110,27 @@ class RaftNode(Service):
         self._reads: dict[int, Deferred[int]] = {}
         self._leader_waiters: list[Deferred[None]] = []
         self.halted = False
+        #: why the node halted (a failed sync, or a store it could not load)
+        self.halt_error: Exception | None = None
         self.dropped = 0
 
     # -- lifecycle ------------------------------------------------------------------
 
     def startService(self) -> None:
-        restored = self._store.load()
-        if restored.snapshot is not None:
-            self._fsm.store.restore(restored.snapshot.data)
+        try:
+            restored = self._store.load()
+            if restored.snapshot is not None:
+                self._fsm.store.restore(restored.snapshot.data)
+        except Exception as e:
+            # a corrupt snapshot or stable record: this server takes no part
+            # rather than serve or replicate state it cannot trust
+            super().startService()
+            self.log.critical(
+                "raft cannot start, refusing to take part in the cluster: {error}", error=e
+            )
+            self.halted = True
+            self.halt_error = e
+            return
         self.core = RaftCore(
             self.me, self._voters, self._monotonic(), self._rng, self._timing, restored
         )
@@ -140,6 +153,7 @@ class RaftNode(Service):
     def _halt(self, error: Exception) -> None:
         self.log.critical("raft halted, acknowledging nothing more: {error}", error=error)
         self.halted = True
+        self.halt_error = error
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
@@ -241,6 +255,8 @@ class RaftNode(Service):
         is then current: the start-up barrier before serving reads). A lone
         ``--dev`` server gets there in its first reactor turn.
         """
+        if self.halt_error is not None:
+            return fail(self.halt_error)
         if self.core is not None and self.core.leading_with_current_commit():
             return succeed(None)
         d: Deferred[None] = Deferred()

@@ -303,6 +303,13 @@ class RaftConnection(Protocol):
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
         self.closed = True
+        if self._decoder.pending:
+            self.stats["truncated_frames"] += 1
+            self.log.info(
+                "raft connection {peer} closed inside a frame ({n} bytes dropped)",
+                peer=self.peer,
+                n=self._decoder.pending,
+            )
         if self.on_close is not None:
             with self.log.failuresHandled("raft connection close {peer}", peer=self.peer):
                 self.on_close(reason)

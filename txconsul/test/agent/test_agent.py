@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import os
 import random
+import sqlite3
 from typing import Any
 
 from twisted.application.service import IServiceMaker
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import capturedLogs, formatEvent
 from twisted.plugin import getPlugins
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -18,6 +20,8 @@ from txconsul.agent.agent import Agent
 from txconsul.agent.definitions import parse_check, parse_service
 from txconsul.agent.local import TTL_EXPIRED
 from txconsul.config import load
+from txconsul.raft.core import Snapshot
+from txconsul.raft.logstore import SQLiteLogStore, StoreFailed
 from txconsul.tap import Options, makeService
 
 TALK_EXAMPLE = {
@@ -105,6 +109,35 @@ class MemoryAgentTests(SynchronousTestCase):
         self.reactor.advance(0)  # on disk, the writes of a turn share one fsync
         self.successResultOf(agent.when_ready())
         self.assertEqual(list(agent.store.catalog.node_services("s1")), ["consul"])
+
+    def test_server_with_a_corrupt_snapshot_refuses_to_start_and_says_why(self) -> None:
+        data_dir = self.mktemp()
+        store = SQLiteLogStore(os.path.join(data_dir, "raft"))
+        store.store_snapshot(Snapshot(5, 1, ("127.0.0.1:8300",), b"state"), 5, 1)
+        store.sync()
+        store.close()
+        db = sqlite3.connect(store.path, isolation_level=None)
+        (packed,) = db.execute("SELECT value FROM stable WHERE key = 'snapshot'").fetchone()
+        db.execute(
+            "UPDATE stable SET value = ? WHERE key = 'snapshot'",
+            (packed.replace(b"state", b"stbte"),),
+        )
+        db.close()
+        self.reactor = MemoryReactorClock()
+        config = load({"node_name": "s1", "server": True, "bootstrap": True, "data_dir": data_dir})
+        stopped: list[bool] = []
+        agent = Agent(config, self.reactor, random.Random(0), shutdown=lambda: stopped.append(True))
+        ready = agent.when_ready()
+        with capturedLogs() as events:
+            agent.startService()
+            self.reactor.advance(0)
+        self.addCleanup(agent.stopService)
+        self.failureResultOf(ready, StoreFailed)
+        self.assertEqual(stopped, [True])
+        texts = [formatEvent(e) for e in events]
+        self.assertTrue(any("snapshot" in t and "corrupt" in t for t in texts), texts)
+        self.assertTrue(any("could not start" in t for t in texts), texts)
+        self.flushLoggedErrors(StoreFailed)
 
     def test_client_agent_registers_no_consul_service(self) -> None:
         self.reactor = MemoryReactorClock()

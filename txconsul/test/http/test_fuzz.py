@@ -283,7 +283,7 @@ class HTTPFuzzTests(SynchronousTestCase):
         self.assertEqual(self.failures, [], what)
         self.assertNotIn("Internal error", response.text, what)
         code = response.code
-        if code == 500:
+        if code == 500 and method != "HEAD":  # a HEAD answer has no body to read
             self.assertTrue(response.text.startswith(DEFINED_500), what)
         elif code == 409:
             self.assertTrue(path.startswith("/v1/txn"), what)

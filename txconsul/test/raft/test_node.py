@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import random
+import sqlite3
 
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
@@ -175,8 +178,13 @@ class NodeTests(SynchronousTestCase):
 
     def test_garbage_is_dropped_and_counted(self) -> None:
         node = self.net.nodes[NAMES[0]]
-        node.receive(NAMES[1], b"\xc1\x00garbage")
+        term, last = node.core.term, node.core.last_index
+        with capturedLogs() as events:
+            node.receive(NAMES[1], b"\xc1\x00garbage")
         self.assertEqual(node.dropped, 1)
+        self.assertEqual((node.core.term, node.core.last_index), (term, last))  # nothing applied
+        [line] = [e for e in events if "malformed raft message" in e["log_format"]]
+        self.assertEqual(line["src"], NAMES[1])
         self.flushLoggedErrors()
 
 
@@ -363,3 +371,70 @@ class ClockStepTests(SynchronousTestCase):
         others = [n for n in self.net.nodes.values() if n is not leader]
         self.assertEqual(len([n for n in others if n.core.role is Role.LEADER]), 1)
         self.assertFalse(leader.is_leader())  # its lease ran out on the monotonic clock
+
+
+class CorruptStoreTests(SynchronousTestCase):
+    """A server whose snapshot fails its checksum takes no part; the others go on."""
+
+    def test_a_server_with_a_corrupt_snapshot_refuses_and_the_quorum_goes_on(self) -> None:
+        clock = Clock()
+        net = Net(clock)
+        dirs = {name: self.mktemp() for name in NAMES}
+
+        def start(name: str, i: int) -> RaftNode:
+            node = RaftNode(
+                name,
+                NAMES,
+                FSM(StateStore()),
+                SQLiteLogStore(dirs[name]),
+                FakeTransport(net, name),
+                clock,
+                clock.seconds,
+                random.Random(i),
+                TIMING,
+            )
+            net.nodes[name] = node
+            node.startService()
+            self.addCleanup(lambda: node.stopService() if node.running else None)
+            return node
+
+        def run_for(seconds: float) -> None:
+            for _ in range(round(seconds / 0.001)):
+                clock.advance(0.001)
+
+        for i, name in enumerate(NAMES):
+            start(name, i)
+        run_for(3.0)
+        leader = next(n for n in net.nodes.values() if n.core.role is Role.LEADER)
+        victim = next(n for n in net.nodes.values() if n is not leader)
+        for i in range(8):  # past snapshot_threshold: every server takes a snapshot
+            d = leader.apply(put(f"k{i}", b"v"))
+            run_for(0.05)
+            self.successResultOf(d)
+        run_for(0.5)
+        self.assertIsNotNone(victim.core.snapshot)
+        victim.stopService()
+        db = sqlite3.connect(os.path.join(dirs[victim.me], "raft.db"), isolation_level=None)
+        (packed,) = db.execute("SELECT value FROM stable WHERE key = 'snapshot'").fetchone()
+        flipped = bytearray(packed)
+        flipped[-3] ^= 0x01
+        db.execute("UPDATE stable SET value = ? WHERE key = 'snapshot'", (bytes(flipped),))
+        db.close()
+        with capturedLogs() as events:
+            again = start(victim.me, 9)
+        self.assertTrue(again.halted)
+        self.assertIsInstance(again.halt_error, StoreFailed)
+        self.failureResultOf(again.when_leader(), StoreFailed)
+        self.failureResultOf(again.apply(put("x", b"1")))
+        self.assertEqual(
+            [e["what"] for e in events if "refusing to load" in e.get("log_format", "")],
+            ["snapshot"],
+        )
+        self.assertEqual(
+            len([e for e in events if "raft cannot start" in e.get("log_format", "")]), 1
+        )
+        run_for(1.0)
+        d = leader.apply(put("after", b"1"))
+        run_for(0.1)
+        self.assertIs(self.successResultOf(d), True)
+        self.assertTrue(leader.is_leader())

@@ -298,6 +298,38 @@ class ServerGarbageTests(SynchronousTestCase):
         self.raft[0].send(b"reply")
         self.assertEqual(self.transport.value(), encode_frame(b"reply"))
 
+    def test_truncated_raft_frame_is_never_delivered_and_is_logged(self) -> None:
+        got: list[bytes] = []
+
+        def handler(connection: RaftConnection) -> None:
+            connection.on_frame = got.append
+
+        self.factory.raft_handler = handler
+        frame = encode_frame(b"append entries")
+        self.proto.dataReceived(b"\x01" + encode_frame(b"vote") + frame[:-3])
+        with capturedLogs() as events:
+            self.proto.connectionLost(Failure(ConnectionError()))
+        self.assertEqual(got, [b"vote"])
+        self.assertEqual(self.factory.stats["truncated_frames"], 1)
+        self.assertEqual(
+            [e["n"] for e in events if "closed inside a frame" in e["log_format"]], [len(frame) - 3]
+        )
+
+    def test_garbled_raft_length_closes_the_raft_connection_with_a_log_line(self) -> None:
+        got: list[bytes] = []
+
+        def handler(connection: RaftConnection) -> None:
+            connection.on_frame = got.append
+
+        self.factory.raft_handler = handler
+        with capturedLogs() as events:
+            self.proto.dataReceived(b"\x01" + b"\x00\x00\x00\x00")  # a zero-length frame
+        self.assertEqual(got, [])
+        self.assertTrue(self.transport.disconnecting)
+        self.assertEqual(
+            len([e for e in events if "closing raft connection" in e["log_format"]]), 1
+        )
+
     def test_raft_handler_bug_refuses_the_connection(self) -> None:
         def handler(connection: RaftConnection) -> None:
             raise RuntimeError("not ready")

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.trial.unittest import SynchronousTestCase
 
 from txconsul.errors import BadRequest, TxConsulError
-from txconsul.raft.single import SingleNodeLog
 from txconsul.state.fsm import FSM, TxnFailed
 from txconsul.state.store import StateStore
 
@@ -29,11 +29,24 @@ def register(node: str, service: dict[str, Any] | None = None, checks: Any = ())
     }
 
 
+class NextIndex:
+    """Applies each command at the next log index, as a lone Raft leader commits it."""
+
+    def __init__(self, fsm: FSM) -> None:
+        self.fsm = fsm
+
+    def apply(self, command: dict[str, Any]) -> Deferred[Any]:
+        try:
+            return succeed(self.fsm.apply(self.fsm.store.last_index + 1, command))
+        except Exception as e:
+            return fail(e)
+
+
 class Fixture(SynchronousTestCase):
     def setUp(self) -> None:
         self.store = StateStore()
         self.fsm = FSM(self.store)
-        self.log = SingleNodeLog(self.fsm, "127.0.0.1:8300")
+        self.log = NextIndex(self.fsm)
 
     def apply(self, command: dict[str, Any]) -> Any:
         return self.successResultOf(self.log.apply(command))
@@ -251,7 +264,7 @@ class SnapshotTests(Fixture):
         self.assertEqual(other.last_index, self.store.last_index)
         self.assertEqual(other.catalog.by_name, self.store.catalog.by_name)
         # The log continues from the restored index.
-        log = SingleNodeLog(FSM(other), "127.0.0.1:8300")
+        log = NextIndex(FSM(other))
         self.successResultOf(log.apply(kv("set", "d", b"1")))
         entry = other.kv.get("d")
         assert entry is not None
