@@ -820,9 +820,10 @@ class RaftCore:
         if target and target in self._peers and self._peers[target].match_index == self.last_index:
             self._send(target, TimeoutNow(self.term, self.me))
 
-    def _advance_commit(self, now: float) -> None:
-        if self.role is not Role.LEADER:
-            return
+    def _quorum_match(self) -> int:
+        """The highest index a quorum of voters stores (0 if no quorum is known)."""
+        if not self._peers and self.config == (self.me,):
+            return self.last_index  # a lone voter is its own quorum
         matches = sorted(
             (self.last_index if p == self.me else self._peers[p].match_index)
             for p in self.config
@@ -830,9 +831,12 @@ class RaftCore:
         )
         matches.reverse()
         q = self._quorum()
-        if len(matches) < q:
+        return matches[q - 1] if len(matches) >= q else 0
+
+    def _advance_commit(self, now: float) -> None:
+        if self.role is not Role.LEADER:
             return
-        n = matches[q - 1]
+        n = self._quorum_match()
         if n > self.commit_index and self.term_at(n) == self.term:
             self._commit_to(n)
             self._check_reads()
@@ -840,7 +844,7 @@ class RaftCore:
                 self._step_down(now, self.term)  # removed: hand over by silence
                 return
             # drop peers that left the configuration once it is committed
-            if self.commit_index >= self.config_index:
+            if self._peers and self.commit_index >= self.config_index:
                 for p in [p for p in self._peers if p not in self.config]:
                     del self._peers[p]
 
