@@ -308,11 +308,9 @@ class Agent(MultiService):
                 "Tags": [],
                 "Port": self.config.ports["server"],
             }
-        return DeferredList(
-            [self.consensus.apply({"Type": "register", "Request": request})],
-            fireOnOneErrback=True,
-            consumeErrors=True,
-        )
+        # a leader lost meanwhile is no reason to stop: the new leader registers
+        # every member (this one included) and anti-entropy follows (LocalState.catalog_write)
+        return self.local.catalog_write({"Type": "register", "Request": request})
 
     async def _leave(self) -> None:
         servers = self.servers

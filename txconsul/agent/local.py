@@ -128,7 +128,7 @@ class LocalState:
 
     # -- the catalog ------------------------------------------------------------
 
-    def _write(self, command: dict[str, Any]) -> Deferred[Any]:
+    def catalog_write(self, command: dict[str, Any]) -> Deferred[Any]:
         """
         One catalog write through the agent's consensus. A write that found
         no server or no leader is logged and left to the next full sync,
@@ -168,11 +168,11 @@ class LocalState:
         now = self._reactor.seconds()
         for c in checks:
             c.synced_at = now
-        return self._write({"Type": "register", "Request": request})
+        return self.catalog_write({"Type": "register", "Request": request})
 
     def _deregister(self, **what: str) -> Deferred[Any]:
         request = {"Node": self._agent.config.node_name, **what}
-        return self._write({"Type": "deregister", "Request": request})
+        return self.catalog_write({"Type": "deregister", "Request": request})
 
     # -- anti-entropy ------------------------------------------------------------
 
@@ -272,7 +272,7 @@ class LocalState:
             writes.append(self._register(None, []))
         writes += [self._deregister(ServiceID=sid) for sid in todo.deregister_services]
         writes += [self._deregister(CheckID=cid) for cid in todo.deregister_checks]
-        # a write that found no server has armed a sooner retry already (_write)
+        # a write that found no server has armed a sooner retry already (catalog_write)
         for ok, result in await DeferredList(writes, consumeErrors=True):
             if not ok:
                 self.log.warn("anti-entropy write refused: {why}", why=result.getErrorMessage())

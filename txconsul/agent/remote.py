@@ -120,6 +120,8 @@ class Remote(Service):
         client agent, which may ask any server.
     :param own_client: close ``client``'s connections when this stops (a
         client agent's pool is its own; a server shares its pool).
+    :param servers: the servers to ask (``ip:port``); by default the alive
+        servers of the agent's LAN pool.
     """
 
     def __init__(
@@ -130,17 +132,18 @@ class Remote(Service):
         rng: random.Random,
         leader: Callable[[], str] | None = None,
         own_client: bool = False,
+        servers: Callable[[], list[str]] | None = None,
     ) -> None:
-        self._agent = agent
         self._client = client
         self._own_client = own_client
         self._leader = leader
+        self._servers = servers or (lambda: lan_servers(agent))
         self.forwarder = Forwarder(
             self._call,
             clock,
             rng,
             agent.config.datacenter,
-            lambda dc: lan_servers(agent),
+            lambda dc: self._servers(),
             leader=leader,
         )
         self._pending: set[Deferred[Any]] = set()
@@ -158,7 +161,7 @@ class Remote(Service):
         """Call ``method`` on a server (the leader, on a server); retried as the module says."""
         if not self.running:
             return fail(NoServers("No known Consul servers"))
-        if self._leader is None and not lan_servers(self._agent):
+        if self._leader is None and not self._servers():
             return fail(NoServers("No known Consul servers"))
         d = self.forwarder.forward(method, (body, timeout), idempotent=idempotent)
         self._pending.add(d)

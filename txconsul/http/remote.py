@@ -121,6 +121,9 @@ def render_response(request: IRequest, answer: Any) -> bytes:
     if not isinstance(code, int) or not isinstance(body, bytes) or not isinstance(headers, list):
         raise BadRequest("a server sent an HTTP answer of the wrong shape")
     request.setResponseCode(code)
+    # the server's headers replace any of the same name set here already
+    # (a follower may have set some before it sent the request on)
+    grouped: dict[bytes, list[bytes]] = {}
     for pair in headers:
         if (
             isinstance(pair, list)
@@ -129,7 +132,9 @@ def render_response(request: IRequest, answer: Any) -> bytes:
             and isinstance(pair[1], bytes)
             and pair[0].lower() not in _HOP_BY_HOP
         ):
-            request.responseHeaders.addRawHeader(pair[0], pair[1])
+            grouped.setdefault(pair[0].lower(), []).append(pair[1])
+    for name, values in grouped.items():
+        request.responseHeaders.setRawHeaders(name, values)
     return body
 
 

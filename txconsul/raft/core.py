@@ -217,6 +217,8 @@ class Peer:
     last_send: float = -INFINITY
     acked_seq: int = 0
     acked_time: float = -INFINITY  # send time of the newest round it answered
+    match_seq: int = 0  # seq of the reply that last raised match_index
+    lowered_seq: int = 0  # seq of the rejection that last lowered it (the follower lost entries)
     snapshot_sent: float = -INFINITY
 
 
@@ -743,18 +745,26 @@ class RaftCore:
             return
         self._acked(peer, msg.seq)
         if msg.success:
-            if msg.match_index > peer.match_index:
-                peer.match_index = msg.match_index
-            peer.next_index = max(peer.next_index, peer.match_index + 1)
-            peer.inflight = [b for b in peer.inflight if b[0] > peer.match_index]
-            peer.probing = False
-            self._advance_commit(now)
+            # a success sent before the rejection that reported a loss is stale: it says nothing
+            if msg.seq > peer.lowered_seq:
+                if msg.match_index > peer.match_index:
+                    peer.match_index = msg.match_index
+                    peer.match_seq = msg.seq
+                peer.next_index = max(peer.next_index, peer.match_index + 1)
+                peer.inflight = [b for b in peer.inflight if b[0] > peer.match_index]
+                peer.probing = False
+                self._advance_commit(now)
         else:
             nxt = msg.conflict_index
             if msg.conflict_term:
                 last = self._last_index_of_term(msg.conflict_term)
                 if last:
                     nxt = last + 1
+            # an older rejection may predate the match (replies get reordered): only one
+            # newer than the reply that raised the match can take it back
+            if msg.seq > peer.match_seq and msg.conflict_index <= peer.match_index:
+                self._lower_match(peer, msg)
+                nxt = min(nxt, peer.match_index + 1)
             peer.next_index = min(max(nxt, peer.match_index + 1, 1), self.last_index + 1)
             peer.inflight.clear()
             peer.probing = True
@@ -762,6 +772,21 @@ class RaftCore:
             self._maybe_send_timeout_now(now)
             if peer.next_index <= self.last_index:
                 self._send_to(now, src, peer, heartbeat=False)
+
+    def _lower_match(self, peer: Peer, msg: AppendEntriesReply) -> None:
+        """
+        A rejection newer than the reply that raised ``match_index`` puts the
+        follower's log below it: the follower lost entries it had acknowledged
+        (a corrupt tail cut off on restart). Count it only for what it still
+        has, which is never more than it says (``commit_index`` itself stays:
+        what is committed stays committed), and resend from there. A follower
+        in our term takes entries only from us, so what it kept is a prefix of
+        our log; a mismatching term below the match is past explaining, so it
+        is proven again from nothing.
+        """
+        has = msg.conflict_index - 1 if not msg.conflict_term else 0
+        peer.match_index = max(min(peer.match_index, has), 0)
+        peer.lowered_seq = msg.seq
 
     def _on_install_snapshot_reply(self, now: float, src: str, msg: InstallSnapshotReply) -> None:
         if msg.term > self.term:
@@ -771,7 +796,10 @@ class RaftCore:
         if self.role is not Role.LEADER or msg.term != self.term or peer is None:
             return
         self._acked(peer, msg.seq)
-        peer.match_index = max(peer.match_index, msg.last_index)
+        if msg.last_index > peer.match_index:
+            # a snapshot is never cut off on restart, only entries after it
+            peer.match_index = msg.last_index
+            peer.match_seq = msg.seq
         peer.next_index = max(peer.next_index, peer.match_index + 1)
         peer.inflight.clear()
         peer.probing = True

@@ -202,6 +202,7 @@ class ServerProcess:
         #: the output of earlier runs (before a kill), for failure reports
         self.past_output = b""
         self.starts = 0
+        self.started_at = 0.0
 
     @property
     def url(self) -> str:
@@ -239,6 +240,7 @@ class ServerProcess:
             self.past_output += self.proto.output + b"\n--- restarted ---\n"
         self.proto = spawn_twistd(reactor, self.args(join), self.dir, self.env, self.prefix)
         self.starts += 1
+        self.started_at = time.monotonic()
         return self.proto
 
     async def stop(self, sig: int = signal.SIGKILL) -> None:
@@ -333,4 +335,10 @@ class ServerCluster:
             await deferLater(self.reactor, 0.1, lambda: None)
 
     def outputs(self, tail: int = 3000) -> str:
-        return "\n".join(f"== {s.name}\n{s.output()[-tail:]}" for s in self.servers + self.clients)
+        now = time.monotonic()
+        return "\n".join(
+            f"== {s.name} (pid {s.proto.pid if s.proto else None}, "
+            f"{'running' if s.running else 'ended'}, start {s.starts} "
+            f"{now - s.started_at:.1f}s ago)\n{s.output()[-tail:]}"
+            for s in self.servers + self.clients
+        )

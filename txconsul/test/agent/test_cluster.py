@@ -75,7 +75,8 @@ class ClusterTestCase(TestCase):
         return [a for a in agents if a.running and a.consensus.is_leader()]
 
     async def kv(self, agent: Agent, key: str) -> str | None:
-        code, body = await self.http(agent, "GET", f"/v1/kv/{key}")
+        """The value in ``agent``'s own store (a ``?stale`` read: no trip to the leader)."""
+        code, body = await self.http(agent, "GET", f"/v1/kv/{key}?stale")
         if code != 200:
             return None
         return base64.b64decode(body[0]["Value"]).decode()

@@ -262,10 +262,3 @@ class BitFlipTests(TestCase):
                     f"{self.report.summary()}\n{follower.name} did not catch up; logs in {logs}"
                 )
             await sleep(0.1)
-
-    test_a_follower_that_truncated_its_log_catches_up_from_the_leader.skip = (  # type: ignore[attr-defined]
-        "raft bug: the leader never lowers a follower's next_index below its old "
-        "match_index + 1 (RaftCore._on_append_reply), so a follower whose log was "
-        "truncated at a corrupt entry it had acknowledged is rejected forever and "
-        "applies nothing (reported to the raft owner)"
-    )

@@ -305,3 +305,107 @@ class TransferTests(SynchronousTestCase):
         self.assertIs(leader.role, Role.FOLLOWER)
         sent = [o.message for o in cluster.outputs[leader.me] if isinstance(o, Send)]
         self.assertTrue(any(isinstance(m, TimeoutNow) for m in sent))
+
+
+class LostTailTests(SynchronousTestCase):
+    """A follower whose disk lost entries it had acknowledged (a corrupt tail cut off on restart)."""
+
+    def caught_up_cluster(self, proposals: int = 6) -> tuple[Cluster, RaftCore, str]:
+        cluster = Cluster()
+        cluster.advance(3.0)
+        leader = cluster.leader()
+        for i in range(proposals):
+            leader.propose(cluster.now, b"v%d" % i)
+            cluster.pump()
+        cluster.advance(cluster.now + 0.5)
+        follower = next(n for n in NAMES if n != leader.me)
+        self.assertEqual(leader._peers[follower].match_index, leader.last_index)
+        return cluster, leader, follower
+
+    def test_a_follower_that_lost_an_acknowledged_tail_is_brought_back(self) -> None:
+        cluster, leader, name = self.caught_up_cluster()
+        other = next(n for n in NAMES if n not in (leader.me, name))
+        cluster.cut = {(leader.me, other), (other, leader.me)}
+        old = cluster.cores[name]
+        last, committed = leader.last_index, leader.commit_index
+        kept = 3
+        self.assertLess(kept, committed)
+        cluster.cores[name] = follower = RaftCore(
+            name,
+            NAMES,
+            cluster.now,
+            random.Random(7),
+            T,
+            Restored(old.term, old.vote, entries=tuple(old.log_entries()[:kept])),
+        )
+        cluster.applied[name] = []
+        # the leader's heartbeat checks the old match; the follower says its log ends at 3
+        now = cluster.now + T.heartbeat_interval
+        leader.tick(now)
+        heartbeat = next(
+            o.message for o in leader.take_outputs() if isinstance(o, Send) and o.to == name
+        )
+        self.assertEqual(heartbeat.prev_index, last)
+        follower.receive(now, leader.me, heartbeat)
+        reply = next(o.message for o in follower.take_outputs() if isinstance(o, Send))
+        self.assertEqual((reply.success, reply.conflict_index), (False, kept + 1))
+        leader.receive(now, name, reply)
+        peer = leader._peers[name]
+        # counted only for what it still has; what was committed stays committed
+        self.assertEqual(peer.match_index, kept)
+        self.assertEqual(leader.commit_index, committed)
+        # and it resends at once from what the follower has
+        resend = next(
+            o.message for o in leader.take_outputs() if isinstance(o, Send) and o.to == name
+        )
+        self.assertEqual((resend.prev_index, resend.entries[0].index), (kept, kept + 1))
+        follower.receive(now, leader.me, resend)
+        cluster.pump()
+        cluster.advance(now + 1.0)
+        self.assertEqual(follower.log_entries(), leader.log_entries())
+        self.assertEqual(peer.match_index, leader.last_index)
+        self.assertEqual(follower.commit_index, leader.commit_index)
+        commands = [e.index for e in leader.log_entries() if e.command and e.config is None]
+        self.assertEqual(cluster.applied[name], commands)
+        # and the pair commits without the third server
+        index = leader.propose(cluster.now, b"after")
+        assert isinstance(index, int)
+        cluster.pump()
+        self.assertGreaterEqual(leader.commit_index, index)
+
+    def test_a_stale_reordered_rejection_does_not_lower_the_match(self) -> None:
+        cluster, leader, name = self.caught_up_cluster()
+        follower = cluster.cores[name]
+        behind = follower.last_index
+        cluster.cut = {(leader.me, name)}
+        for i in range(3):
+            leader.propose(cluster.now, b"w%d" % i)
+            cluster.pump()
+        # a pipelined batch that assumed the one before it arrived, which was lost
+        early = next(
+            o.message
+            for o in cluster.outputs[leader.me]
+            if isinstance(o, Send)
+            and o.to == name
+            and isinstance(o.message, AppendEntries)
+            and o.message.prev_index > behind
+        )
+        follower.receive(cluster.now, leader.me, early)
+        rejection = follower.take_outputs()[-1].message
+        self.assertEqual((rejection.success, rejection.conflict_index), (False, behind + 1))
+        # that rejection is delayed; meanwhile the follower catches up and says so
+        cluster.cut = set()
+        cluster.advance(cluster.now + 0.5)
+        peer = leader._peers[name]
+        self.assertEqual(peer.match_index, leader.last_index)
+        self.assertGreater(peer.match_seq, rejection.seq)
+        leader.take_outputs()
+        leader.receive(cluster.now, name, rejection)
+        self.assertEqual(peer.match_index, leader.last_index)
+        self.assertEqual(peer.next_index, leader.last_index + 1)
+        resent = [
+            o
+            for o in leader.take_outputs()
+            if isinstance(o, Send) and isinstance(o.message, AppendEntries) and o.message.entries
+        ]
+        self.assertEqual(resent, [])
