@@ -736,14 +736,27 @@ class RaftCore:
             peer.acked_time = max(peer.acked_time, self._sent_time(seq))
         self._check_reads()
 
-    def _on_append_reply(self, now: float, src: str, msg: AppendEntriesReply) -> None:
+    def _replying_peer(
+        self, now: float, src: str, msg: AppendEntriesReply | InstallSnapshotReply
+    ) -> Peer | None:
+        """
+        The follower a reply of this leader's term comes from, its round counted as
+        acknowledged; None when the reply is of another term (a newer one deposes
+        us) or we no longer lead.
+        """
         if msg.term > self.term:
             self._step_down(now, msg.term)
-            return
+            return None
         peer = self._peers.get(src)
         if self.role is not Role.LEADER or msg.term != self.term or peer is None:
-            return
+            return None
         self._acked(peer, msg.seq)
+        return peer
+
+    def _on_append_reply(self, now: float, src: str, msg: AppendEntriesReply) -> None:
+        peer = self._replying_peer(now, src, msg)
+        if peer is None:
+            return
         if msg.success:
             # a success sent before the rejection that reported a loss is stale: it says nothing
             if msg.seq > peer.lowered_seq:
@@ -789,13 +802,9 @@ class RaftCore:
         peer.lowered_seq = msg.seq
 
     def _on_install_snapshot_reply(self, now: float, src: str, msg: InstallSnapshotReply) -> None:
-        if msg.term > self.term:
-            self._step_down(now, msg.term)
+        peer = self._replying_peer(now, src, msg)
+        if peer is None:
             return
-        peer = self._peers.get(src)
-        if self.role is not Role.LEADER or msg.term != self.term or peer is None:
-            return
-        self._acked(peer, msg.seq)
         if msg.last_index > peer.match_index:
             # a snapshot is never cut off on restart, only entries after it
             peer.match_index = msg.last_index
