@@ -49,6 +49,7 @@ from txconsul.checks.runner import MAX_CONCURRENT_RUNS, RUNNABLE, CheckRunner
 from txconsul.checks.status import CheckResult
 from txconsul.errors import BadRequest, NoLeader, NotFound
 from txconsul.raft.core import NotLeader
+from txconsul.raft.logstore import StoreFailed
 from txconsul.rpc.errors import RPCError
 
 if TYPE_CHECKING:
@@ -148,7 +149,7 @@ class LocalState:
         def failed(f: Failure) -> Failure | None:
             if f.check(CancelledError):
                 return None  # the agent is stopping
-            if not f.check(NoLeader, NotLeader, RPCError):
+            if not f.check(NoLeader, NotLeader, RPCError, StoreFailed):
                 return f
             self.log.warn(
                 "catalog write not done, anti-entropy will retry: {why}",

@@ -45,7 +45,7 @@ from txconsul.errors import BadRequest, NoLeader, NotFound, TxConsulError
 from txconsul.gossip.serf import MemberEvent, MemberStatus
 from txconsul.interfaces import IConsensus
 from txconsul.raft.core import NotLeader, Role
-from txconsul.raft.logstore import ILogStore, MemoryLogStore, SQLiteLogStore
+from txconsul.raft.logstore import ILogStore, MemoryLogStore, SQLiteLogStore, StoreFailed
 from txconsul.raft.node import RaftNode
 from txconsul.raft.transport import RaftTransport
 from txconsul.rpc.forward import Forwarder
@@ -83,7 +83,7 @@ class ClusterReconciler(Reconciler):
         d: Deferred[Any] = self._agent.consensus.apply(command)
 
         def failed(f: Failure) -> None:
-            if f.check(NoLeader, NotLeader):
+            if f.check(NoLeader, NotLeader, StoreFailed):  # StoreFailed: this server halted
                 self.log.info(
                     "catalog update for member {name} dropped: {why}", name=name, why=f.value
                 )
