@@ -80,6 +80,9 @@ def query(request: IRequest) -> dict[bytes, list[bytes]]:
     parsed: dict[bytes, list[bytes]] | None = getattr(request, "_txconsul_query", None)
     if parsed is None:
         _, _, qs = request.uri.partition(b"?")
+        if not qs:
+            parsed = request._txconsul_query = {}  # type: ignore[attr-defined]
+            return parsed
         # latin-1 maps bytes to characters one to one, so that a %-escape of
         # any byte survives here and arg() can refuse what is not UTF-8.
         pairs = parse_qs(qs.decode("latin-1"), keep_blank_values=True, encoding="latin-1")
@@ -300,6 +303,11 @@ class HTTPApi:
         request.setHeader(b"content-type", JSON_TYPE)
         if flag(request, b"pretty"):
             return (json.dumps(value, indent=4) + "\n").encode()
+        # every write answers a bare boolean: json.dumps would build an encoder for it
+        if value is True:
+            return b"true"
+        if value is False:
+            return b"false"
         return json.dumps(value).encode()
 
     def _meta_headers(self, request: IRequest, index: int) -> None:
@@ -475,17 +483,17 @@ class APIRoot(Resource):
     def _later(self, request: IRequest, result: Deferred[bytes]) -> Any:
         """Answer with what ``result`` fires with; cancel it if the client goes away."""
         gone: list[bool] = []
+        answered: list[bool] = []
 
         def client_left(reason: Failure) -> None:
             # A blocked query whose client went away frees its watch now.
             gone.append(True)
             result.cancel()
 
-        request.notifyFinish().addErrback(client_left)  # type: ignore[attr-defined]
-
         def write(body: bytes) -> None:
             if gone:
                 return
+            answered.append(True)
             request.setHeader(b"content-length", b"%d" % len(body))
             request.write(body)
             request.finish()
@@ -496,6 +504,10 @@ class APIRoot(Resource):
             write(self._error(request, failure))
 
         result.addCallbacks(write, failed)
+        if not answered:
+            # Still waiting (a write that fired already, as a dev server's
+            # does, needs no watch on the connection).
+            request.notifyFinish().addErrback(client_left)  # type: ignore[attr-defined]
         return NOT_DONE_YET
 
     def _error(self, request: IRequest, failure: Failure) -> bytes:

@@ -323,8 +323,8 @@ class RaftCore:
             self._recompute_config()
 
     def _append(self, entries: Sequence[Entry]) -> None:
+        self._log.extend(entries)
         for e in entries:
-            self._log.append(e)
             if e.config is not None:
                 self.config, self.config_index = e.config, e.index
 
@@ -443,11 +443,13 @@ class RaftCore:
         """Several commands in one batch: one persist, one round of sends."""
         if self.role is not Role.LEADER or self._transfer_target:
             return NotLeader(self.leader)
-        first = self.last_index + 1
-        entries = [Entry(self.term, first + i, c) for i, c in enumerate(commands)]
+        term = self.term
+        first = self._base_index + len(self._log) + 1
+        entries = [Entry(term, first + i, c) for i, c in enumerate(commands)]
         self._leader_append(now, entries)
-        self._replicate(now)
-        return [e.index for e in entries]
+        if self._peers:
+            self._replicate(now)
+        return list(range(first, first + len(entries)))
 
     def change_config(self, now: float, voters: Iterable[str]) -> int | NotLeader:
         """
@@ -832,7 +834,7 @@ class RaftCore:
     def _quorum_match(self) -> int:
         """The highest index a quorum of voters stores (0 if no quorum is known)."""
         if not self._peers and self.config == (self.me,):
-            return self.last_index  # a lone voter is its own quorum
+            return self._base_index + len(self._log)  # a lone voter is its own quorum
         matches = sorted(
             (self.last_index if p == self.me else self._peers[p].match_index)
             for p in self.config
@@ -848,7 +850,8 @@ class RaftCore:
         n = self._quorum_match()
         if n > self.commit_index and self.term_at(n) == self.term:
             self._commit_to(n)
-            self._check_reads()
+            if self._reads:
+                self._check_reads()
             if self.me not in self.config and self.commit_index >= self.config_index:
                 self._step_down(now, self.term)  # removed: hand over by silence
                 return
@@ -957,9 +960,10 @@ class RaftCore:
         if index <= self.commit_index:
             return
         self.commit_index = index
-        for e in self.entries(self.last_applied + 1, index + 1):
+        outbox, base = self.outbox, self._base_index
+        for e in self._log[self.last_applied - base : index - base]:
             if e.config is None and e.command:
-                self.outbox.append(Apply(e.index, e.term, e.command))
+                outbox.append(Apply(e.index, e.term, e.command))
         self.last_applied = index
         if (
             not self._snapshot_requested

@@ -96,6 +96,9 @@ class RaftNode(Service):
         self._voters = voters
         self._fsm = fsm
         self._store = store
+        self._volatile = bool(store.volatile)
+        # one Packer for every command: msgpack.packb builds a new one per call
+        self._packer = msgpack.Packer(use_bin_type=True)
         self._transport = transport
         self._reactor = reactor
         self._monotonic = monotonic
@@ -146,6 +149,7 @@ class RaftNode(Service):
             if call is not None and call.active():
                 call.cancel()
         self._timer = self._flush_call = None
+        self._timer_at = INFINITY
         self._fail_all(LeadershipLost("the server is stopping"))
         self._store.close()
         return succeed(None)
@@ -157,6 +161,7 @@ class RaftNode(Service):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        self._timer_at = INFINITY
         self._fail_all(error)
 
     def _fail_all(self, error: Exception) -> None:
@@ -200,37 +205,44 @@ class RaftNode(Service):
 
     def apply(self, command: dict[str, Any]) -> Deferred[Any]:
         """Replicate ``command``; the Deferred fires with the FSM's result once applied here."""
-        if self.halted or self.core is None or not self.running:
+        core = self.core
+        if self.halted or core is None or not self.running:
             return fail(NoLeader("raft is not running"))
-        if self.core.role is not Role.LEADER:
-            return fail(NotLeader(self.core.leader))
+        if core.role is not Role.LEADER:
+            return fail(NotLeader(core.leader))
         d: Deferred[Any] = Deferred()
-        self._queued.append((msgpack.packb(command, use_bin_type=True), d))
+        packed = self._packer.pack(command)
+        if self._flush_call is None and self._batching_gains_nothing(core):
+            self._propose(core, [packed], [d])
+            return d
+        self._queued.append((packed, d))
         if self._flush_call is None:
-            if self._batching_gains_nothing():
-                self._flush()
-            else:
-                self._flush_call = self._reactor.callLater(0, self._flush)
+            self._flush_call = self._reactor.callLater(0, self._flush)
         return d
 
-    def _batching_gains_nothing(self) -> bool:
+    def _batching_gains_nothing(self, core: RaftCore) -> bool:
         """A lone voter whose store never reaches a disk: no fsync, no round to share."""
-        assert self.core is not None
-        return bool(self._store.volatile) and self.core.config == (self.me,)
+        return self._volatile and core.config == (self.me,)
 
     def _flush(self) -> None:
         self._flush_call = None
         queued, self._queued = self._queued, []
-        if not queued or self.halted or self.core is None:
+        core = self.core
+        if not queued or self.halted or core is None:
             return
-        result = self.core.propose_many(self._monotonic(), [c for c, _ in queued])
+        self._propose(core, [c for c, _ in queued], [d for _, d in queued])
+
+    def _propose(self, core: RaftCore, commands: list[bytes], waiters: list[Deferred[Any]]) -> None:
+        """One batch: one log append, one sync, one round of AppendEntries."""
+        result = core.propose_many(self._monotonic(), commands)
         if isinstance(result, NotLeader):
-            for _, d in queued:
+            for d in waiters:
                 d.errback(result)
             return
-        term = self.core.term
-        for index, (_, d) in zip(result, queued, strict=True):
-            self._waiting[index] = (term, d)
+        term = core.term
+        waiting = self._waiting
+        for index, d in zip(result, waiters, strict=True):
+            waiting[index] = (term, d)
         self._drain()
 
     def consistent_read(self) -> Deferred[int]:
@@ -286,26 +298,30 @@ class RaftNode(Service):
     def _drain(self) -> None:
         core = self.core
         assert core is not None
+        store = self._store
         dirty = False
         try:
             while core.outbox:
                 for out in core.take_outputs():
-                    if isinstance(out, PersistState):
-                        self._store.set_state(out.term, out.vote)
+                    if isinstance(out, PersistEntries):
+                        store.store_entries(out.first_index, out.entries)
                         dirty = True
-                    elif isinstance(out, PersistEntries):
-                        self._store.store_entries(out.first_index, out.entries)
+                    elif isinstance(out, PersistState):
+                        store.set_state(out.term, out.vote)
                         dirty = True
                     elif isinstance(out, PersistSnapshot):
-                        self._store.store_snapshot(out.snapshot, out.base_index, out.base_term)
+                        store.store_snapshot(out.snapshot, out.base_index, out.base_term)
                         dirty = True
                     else:
                         if dirty:
-                            self._store.sync()  # durable before anything leaves or is acknowledged
+                            store.sync()  # durable before anything leaves or is acknowledged
                             dirty = False
-                        self._effect(core, out)
+                        if isinstance(out, Apply):  # every write: checked first
+                            self._apply(out)
+                        else:
+                            self._effect(core, out)
             if dirty:
-                self._store.sync()
+                store.sync()
         except StoreFailed as e:
             self._halt(e)
             return
@@ -318,8 +334,6 @@ class RaftNode(Service):
     def _effect(self, core: RaftCore, out: Output) -> None:
         if isinstance(out, Send):
             self._transport.send(out.to, to_wire(out.message))
-        elif isinstance(out, Apply):
-            self._apply(out)
         elif isinstance(out, TakeSnapshot):
             core.snapshot_taken(self._monotonic(), out.index, self._fsm.store.snapshot())
         elif isinstance(out, RestoreSnapshot):
@@ -371,7 +385,8 @@ class RaftNode(Service):
         if self.halted or self.core is None or not self.running:
             return
         deadline = self.core.next_deadline()
-        if deadline == self._timer_at and self._timer is not None and self._timer.active():
+        # no timer means none is due (a lone voter leading): nothing to re-arm
+        if deadline == self._timer_at and (self._timer is None or self._timer.active()):
             return
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
