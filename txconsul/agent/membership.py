@@ -261,15 +261,17 @@ class Membership(Service):
             rng=random.Random(self._rng.random()),
             delegate=serf,
             keyring=keyring,
+            advertise=c.advertise_wan if wan else c.advertise,
         )
         pool = SerfPool(wan, serf, gossip, keyring, snap, state.rejoin())
         serf.changed = lambda: self._dispatch(pool)
         gossip.startService()
         self.log.info(
-            "gossip {which} pool {name} on {addr}",
+            "gossip {which} pool {name} on {addr}, advertised as {advertised}",
             which="WAN" if wan else "LAN",
             name=name,
             addr="%s:%d" % gossip.address(),
+            advertised="%s:%d" % gossip.advertised(),
         )
         return pool
 

@@ -330,6 +330,34 @@ class WANTests(GossipAgentTestCase):
         self.assertEqual(code, 400)
 
 
+class AdvertiseTests(GossipAgentTestCase):
+    """advertise_addr and advertise_addr_wan reach the pools (Consul's AdvertiseAddr)."""
+
+    async def test_members_reach_an_agent_at_its_advertised_address(self) -> None:
+        s1 = await self.agent("s1", server=True)
+        # c1 binds 127.0.0.1 and advertises 127.0.0.5, where nothing listens
+        c1 = await self.agent("c1", advertise_addr="127.0.0.5", start_join=[lan(s1)])
+        port = int(lan(c1).rsplit(":", 1)[1])
+        for agent in (s1, c1):
+            c1_member = (await self.members(agent))["c1"]
+            self.assertEqual((c1_member["Addr"], c1_member["Port"]), ("127.0.0.5", port))
+        self.assertEqual((await self.members(s1))["s1"]["Addr"], "127.0.0.1")
+        # s1 really sends there: its probes go unanswered and c1 fails
+        await self.wait_for(lambda: self.equals(self.statuses(s1), {"s1": 1, "c1": 4}))
+
+    async def test_a_server_advertises_its_wan_address_on_the_wan_pool_only(self) -> None:
+        s1 = await self.agent("s1", server=True, advertise_addr_wan="127.0.0.6")
+        s2 = await self.agent("s2", server=True, datacenter="dc2")
+        self.assertEqual((await self.http(s2, "PUT", f"/v1/agent/join/{wan(s1)}?wan=1"))[0], 200)
+        listing = await self.members(s2, "?wan=1")
+        self.assertEqual(
+            (listing["s1.dc1"]["Addr"], listing["s1.dc1"]["Port"]),
+            ("127.0.0.6", int(wan(s1).rsplit(":", 1)[1])),
+        )
+        self.assertEqual((await self.members(s1, "?wan=1"))["s1.dc1"]["Addr"], "127.0.0.6")
+        self.assertEqual((await self.members(s1))["s1"]["Addr"], "127.0.0.1")
+
+
 class EncryptionTests(GossipAgentTestCase):
     async def test_agents_with_the_same_key_join(self) -> None:
         s1 = await self.agent("s1", server=True, encrypt=KEY)
