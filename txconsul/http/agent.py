@@ -81,6 +81,11 @@ def install(app: Klein, api: HTTPApi) -> None:
             out[cid] = row
         return out
 
+    def raft_stats() -> dict[str, str]:
+        servers = agent.servers
+        node = None if servers is None else servers.node
+        return {} if node is None else node.stats()
+
     @route("/v1/agent/self", methods=["GET"])
     def self_(request: IRequest) -> bytes:
         c = agent.config
@@ -109,7 +114,7 @@ def install(app: Klein, api: HTTPApi) -> None:
                     "acl": "disabled",
                 },
                 "agent": {"checks": str(len(local.checks)), "services": str(len(local.services))},
-                "raft": {},
+                "raft": raft_stats(),
                 "serf_lan": {},
                 "runtime": {},
                 "build": {"version": CONSUL_VERSION, "revision": "txconsul"},

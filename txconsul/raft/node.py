@@ -71,6 +71,15 @@ class IRaftTransport(Interface):
         """Send one message to the server ``to``; losing it is allowed."""
 
 
+#: how ``/v1/agent/self`` names each role, as hashicorp/raft's ``RaftState`` prints it
+_STATE_NAMES = {
+    Role.FOLLOWER: "Follower",
+    Role.PRECANDIDATE: "Candidate",  # a pre-vote round is a candidate state to an operator
+    Role.CANDIDATE: "Candidate",
+    Role.LEADER: "Leader",
+}
+
+
 @implementer(IConsensus)
 class RaftNode(Service):
     """
@@ -405,3 +414,34 @@ class RaftNode(Service):
         if self.core is None or self.core.role is Role.LEADER:
             return 0.0
         return max(self._monotonic() - self.core.last_leader_contact, 0.0)
+
+    def stats(self) -> dict[str, str]:
+        """Consul's ``Stats.raft`` of ``/v1/agent/self``: every value a string."""
+        core = self.core
+        if core is None:
+            return {}
+        if core.role is Role.LEADER:
+            contact = "0"
+        elif core.leader:
+            contact = f"{self.last_contact() * 1000:.3f}ms"
+        else:
+            contact = "never"
+        snapshot = core.snapshot
+        state = "Shutdown" if self.halted else _STATE_NAMES[core.role]
+        return {
+            "state": state,
+            "term": str(core.term),
+            "last_log_index": str(core.last_index),
+            "last_log_term": str(core.last_term),
+            "commit_index": str(core.commit_index),
+            "applied_index": str(core.last_applied),
+            "last_snapshot_index": str(snapshot.index if snapshot else 0),
+            "last_snapshot_term": str(snapshot.term if snapshot else 0),
+            "latest_configuration_index": str(core.config_index),
+            "latest_configuration": "["
+            + ", ".join(f"{{Suffrage:Voter ID:{a} Address:{a}}}" for a in core.config)
+            + "]",
+            "num_peers": str(max(len(core.config) - 1, 0)),
+            "last_contact": contact,
+            "protocol_version": "3",
+        }

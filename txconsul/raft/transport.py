@@ -5,14 +5,20 @@ Raft's transport over port 8300: ``RaftConnection``s of ``txconsul.rpc``.
 Each server keeps one outbound connection per peer and sends on it only;
 replies come back on the peer's own outbound connection. The first frame of
 an outbound connection is a hello naming the sender's server address, so the
-inbound side can tell ``receive(src, payload)`` who spoke. While a peer is
-unreachable its messages are dropped (Raft retries them), and a new
-connection is tried at most once per ``retry_interval``.
+inbound side can tell ``receive(src, payload)`` who spoke.
+
+Messages sent while the connection to a peer is being made wait in a bounded
+queue (``max_queued`` messages, ``max_queued_bytes`` bytes; when full the
+oldest goes, counted as ``dropped``) and leave, in order, right after the
+hello: a new leader's first heartbeats and a candidate's vote requests are
+not lost to the connection they caused. When the attempt fails the queue is
+dropped (Raft resends whatever still matters) and a new connection is tried
+at most once per ``retry_interval``.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 
 from twisted.application.service import Service
@@ -65,6 +71,8 @@ class RaftTransport(Service):
         receive: Receiver | None = None,
         retry_interval: float = 0.5,
         connect_timeout: float = 2.0,
+        max_queued: int = 256,
+        max_queued_bytes: int = 16 * 1024 * 1024,
     ) -> None:
         self._reactor = reactor
         self._clock = clock
@@ -72,9 +80,14 @@ class RaftTransport(Service):
         self.receive: Receiver | None = receive
         self.retry_interval = retry_interval
         self.connect_timeout = connect_timeout
+        self.max_queued = max_queued
+        self.max_queued_bytes = max_queued_bytes
         self._out: dict[str, RaftConnection] = {}
         self._connecting: dict[str, Deferred[RaftConnection]] = {}
         self._next_try: dict[str, float] = {}
+        #: per peer: messages waiting for its connection, and their total size
+        self._queue: dict[str, deque[bytes]] = {}
+        self._queued_bytes: dict[str, int] = {}
         self._inbound: set[RaftConnection] = set()
         self.stats: Counter[str] = Counter()
 
@@ -86,9 +99,36 @@ class RaftTransport(Service):
             connection.send(data)
             self.stats["sent"] += 1
             return
-        self.stats["dropped"] += 1
-        if self.running:
-            self._connect(to)
+        if not self.running:
+            self.stats["dropped"] += 1
+            return
+        self._enqueue(to, data)
+        self._connect(to)
+        if to not in self._connecting:
+            # no attempt under way (one failed less than retry_interval ago,
+            # or the address is bad): nothing would ever carry the queue
+            self._drop_queue(to)
+
+    def _enqueue(self, to: str, data: bytes) -> None:
+        queue = self._queue.setdefault(to, deque())
+        queue.append(data)
+        self.stats["queued"] += 1
+        size = self._queued_bytes.get(to, 0) + len(data)
+        # the newest message always stays, however large
+        while len(queue) > 1 and (len(queue) > self.max_queued or size > self.max_queued_bytes):
+            size -= len(queue.popleft())
+            self.stats["dropped"] += 1
+        self._queued_bytes[to] = size
+
+    def _drop_queue(self, to: str) -> None:
+        queue = self._queue.pop(to, None)
+        self._queued_bytes.pop(to, None)
+        if queue:
+            self.stats["dropped"] += len(queue)
+
+    def queued(self, to: str) -> int:
+        """How many messages wait for the connection to ``to``."""
+        return len(self._queue.get(to, ()))
 
     def _endpoint(self, to: str) -> IStreamClientEndpoint:
         host, port = parse_address(to)
@@ -119,10 +159,16 @@ class RaftTransport(Service):
             connection.on_close = lambda reason: self._lost(to, connection)
             self._out[to] = connection
             self.stats["connected"] += 1
+            queue = self._queue.pop(to, None)
+            self._queued_bytes.pop(to, None)
+            for data in queue or ():
+                connection.send(data)
+                self.stats["sent"] += 1
             self.log.debug("raft connection to {to} open", to=to)
 
         def failed(failure: Failure) -> None:
             self._connecting.pop(to, None)
+            self._drop_queue(to)
             self.stats["connect_failures"] += 1
             self.log.debug("raft connection to {to} failed: {why}", to=to, why=failure.value)
 
@@ -166,6 +212,8 @@ class RaftTransport(Service):
         for attempt in list(self._connecting.values()):
             attempt.cancel()
         self._connecting.clear()
+        for to in list(self._queue):
+            self._drop_queue(to)
         waits: list[Deferred[object]] = []
         for connection in [*self._out.values(), *self._inbound]:
             if not connection.closed and connection.transport is not None:
