@@ -56,6 +56,10 @@ class PortProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self._factory.connections.add(self)
+        # a peer that vanished behind a network cut is found in the end
+        set_keepalive = getattr(self.transport, "setTcpKeepAlive", None)
+        if set_keepalive is not None:
+            set_keepalive(True)
 
     def dataReceived(self, data: bytes) -> None:
         if self.inner is not None:

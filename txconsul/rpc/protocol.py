@@ -12,6 +12,18 @@ named by ``Method`` and turns its result or exception (through
 Raft's frames, untouched, to whatever the Raft transport plugs in.
 ``RPCClient`` keeps one client connection per server address.
 
+Liveness: a network cut leaves a TCP connection open with its unsent data in
+retransmission backoff, and the calls on it would wait for their own
+timeouts, then the next ones on the same dead connection too. So while calls
+are in flight a client connection that has heard nothing for
+``probe_interval`` sends a ``Status.Ping``, and one that has heard nothing for
+``dead_after`` is aborted: its calls fail with ``RPCConnectionLost`` (retried
+by forwarding where that is safe) and the pool dials a new connection for the
+next call. A long blocking query on a live connection is not affected: the
+server answers the pings. An idle connection is not probed; TCP keepalive is
+on for every connection of the port, so one whose peer vanished is reaped in
+the end.
+
 Bad input is never fatal: a frame that is not a request is answered with an
 error when it has an ID and dropped otherwise, a frame over the size limit
 closes the connection (the stream cannot be resynchronised), each counted in
@@ -72,6 +84,14 @@ Handler = Callable[[Any], Any]
 
 #: requests one connection may have in flight on a server before it answers "busy"
 DEFAULT_MAX_IN_FLIGHT = 1024
+
+#: a client connection with calls in flight pings after this much silence
+PROBE_INTERVAL = 1.0
+#: and is aborted after this much (below the 5 s of a server's RPC timeout)
+DEAD_AFTER = 3.0
+
+#: the method a client pings with (every ``Dispatcher`` answers it)
+PING_METHOD = "Status.Ping"
 
 
 def _peer(protocol: Protocol) -> str:
@@ -286,6 +306,17 @@ class RaftConnection(Protocol):
         if self.transport is not None and not self.closed:
             self.transport.loseConnection()
 
+    def abort(self) -> None:
+        """
+        Close at once, dropping unsent data (a dead path would hold a graceful
+        close until TCP gives up); ``closed`` from now, ``on_close`` when the
+        transport reports the loss.
+        """
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            abort = getattr(self.transport, "abortConnection", self.transport.loseConnection)
+            abort()
+
     def dataReceived(self, data: bytes) -> None:
         try:
             frames = self._decoder.feed(data)
@@ -328,8 +359,9 @@ class RPCClientProtocol(Protocol):
 
     A failed call raises what the server raised (``NotFound``, ``NoLeader``,
     ...); ``RPCTimeout`` after ``timeout`` seconds; ``RPCConnectionLost`` when the
-    connection closes first; ``RPCConnectError`` if the connection is already
-    closed (the request was never sent).
+    connection closes first (or is found dead: see the module docstring);
+    ``RPCConnectError`` if the connection is already closed (the request was
+    never sent).
     """
 
     log = Logger()
@@ -339,20 +371,84 @@ class RPCClientProtocol(Protocol):
         clock: IReactorTime,
         max_frame: int = DEFAULT_MAX_FRAME,
         stats: Counter[str] | None = None,
+        probe_interval: float = PROBE_INTERVAL,
+        dead_after: float = DEAD_AFTER,
     ) -> None:
         self._clock = clock
         self._max_frame = max_frame
         self.stats: Counter[str] = stats if stats is not None else Counter()
+        self.probe_interval = probe_interval
+        self.dead_after = dead_after
         self._decoder = FrameDecoder(max_frame)
         self._pending: dict[int, _Pending] = {}
         self._next_id = 1
         self.closed = False
         self.on_close: Callable[[], None] | None = None
         self.whenClosed: Deferred[None] = Deferred()
+        #: since when nothing came in while calls waited (None: nothing waits)
+        self._quiet_since: float | None = None
+        self._probe: IDelayedCall | None = None
+        self._ping: Deferred[Any] | None = None
+        self._dead_reason = ""
 
     def connectionMade(self) -> None:
         assert self.transport is not None
+        set_keepalive = getattr(self.transport, "setTcpKeepAlive", None)
+        if set_keepalive is not None:
+            set_keepalive(True)
         self.transport.write(bytes([PROTOCOL_RPC]))
+
+    # -- liveness ---------------------------------------------------------------------
+
+    def _waiting_changed(self) -> None:
+        """Arm the liveness check while calls wait, disarm it when none does."""
+        if self._pending and not self.closed:
+            if self._quiet_since is None:
+                self._quiet_since = self._clock.seconds()
+            if self._probe is None:
+                self._probe = self._clock.callLater(self.probe_interval, self._check)
+        else:
+            self._quiet_since = None
+            if self._probe is not None:
+                if self._probe.active():
+                    self._probe.cancel()
+                self._probe = None
+
+    def _check(self) -> None:
+        self._probe = None
+        if not self._pending or self.closed or self._quiet_since is None:
+            self._waiting_changed()
+            return
+        silence = self._clock.seconds() - self._quiet_since
+        if silence >= self.dead_after:
+            self._condemn(silence)
+            return
+        if silence >= self.probe_interval and (self._ping is None or self._ping.called):
+            self._send_ping()  # a call: it may arm the next check itself
+        if self._probe is None:
+            self._probe = self._clock.callLater(self.probe_interval, self._check)
+
+    def _send_ping(self) -> None:
+        self._ping = self.call(PING_METHOD)
+        self.stats["pings"] += 1
+        # the answer matters only as a sign of life (dataReceived); a lost
+        # connection fails the ping like any call, and that is no error
+        self._ping.addErrback(lambda f: None)
+
+    def _condemn(self, silence: float) -> None:
+        self.stats["dead_connections"] += 1
+        self._dead_reason = f"no answer for {silence:.1f}s"
+        self.log.info(
+            "RPC connection to {peer}: no answer for {seconds:.1f}s with {n} calls waiting;"
+            " closing it",
+            peer=_peer(self),
+            seconds=silence,
+            n=len(self._pending),
+        )
+        self.closed = True  # the pool dials a new connection for the next call
+        assert self.transport is not None
+        abort = getattr(self.transport, "abortConnection", self.transport.loseConnection)
+        abort()
 
     @property
     def in_flight(self) -> int:
@@ -384,6 +480,7 @@ class RPCClientProtocol(Protocol):
         self._pending[request_id] = pending
         if timeout is not None:
             pending.timer = self._clock.callLater(timeout, self._timed_out, request_id, timeout)
+        self._waiting_changed()
         self.transport.write(frame)
         return d
 
@@ -391,10 +488,12 @@ class RPCClientProtocol(Protocol):
         pending = self._pending.pop(request_id, None)
         if pending is not None and pending.timer is not None and pending.timer.active():
             pending.timer.cancel()
+        self._waiting_changed()
         return pending
 
     def _timed_out(self, request_id: int, timeout: float) -> None:
         pending = self._pending.pop(request_id, None)
+        self._waiting_changed()
         if pending is not None:
             pending.timer = None
             self.stats["timeouts"] += 1
@@ -403,6 +502,8 @@ class RPCClientProtocol(Protocol):
             )
 
     def dataReceived(self, data: bytes) -> None:
+        if self._quiet_since is not None:
+            self._quiet_since = self._clock.seconds()  # it is alive
         try:
             frames = self._decoder.feed(data)
         except MalformedFrame as e:
@@ -438,7 +539,8 @@ class RPCClientProtocol(Protocol):
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
         self.closed = True
         pending, self._pending = self._pending, {}
-        why = reason.getErrorMessage()
+        self._waiting_changed()
+        why = self._dead_reason or reason.getErrorMessage()
         for p in pending.values():
             if p.timer is not None and p.timer.active():
                 p.timer.cancel()

@@ -31,13 +31,8 @@ from txconsul.testing.register import history_from_json
 #: seconds the leader stays cut off
 ISOLATE = 10.0
 FAILOVER_LIMIT = 5.0
-#: FAULTS.md's target for a whole cluster after the heal: printed as met or missed
-HEALTHY_TARGET = 10.0
-#: the bound the test enforces. Above the target because a server's Raft and RPC
-#: connections that were open when the cut came stay open, with their unsent
-#: data in TCP's retransmission backoff, until an RPC times out (5 s): under
-#: load the heal took 10.1 s once (reported to the raft/rpc owner)
-HEALTHY_LIMIT = 15.0
+#: FAULTS.md's bound for a whole cluster after the heal (every member answers a read)
+HEALTHY_LIMIT = 10.0
 #: whether the isolated leader must also refuse ``?consistent`` reads, and
 #: reads go into the history
 CHECK_READS = True
@@ -111,8 +106,6 @@ class LeaderPartitionTests(TestCase):
             )
         if facts["majority_write_after"] > FAILOVER_LIMIT:
             problems.append(f"the majority took {facts['majority_write_after']:.2f}s to write")
-        verdict = "met" if facts["healthy_after"] <= HEALTHY_TARGET else "MISSED"
-        report.add(f"healthy after the heal: target {HEALTHY_TARGET:.0f}s {verdict}")
         if facts["healthy_after"] > HEALTHY_LIMIT:
             problems.append(f"the cluster took {facts['healthy_after']:.2f}s to heal")
         if sorted(final) != sorted({op.input.key for op in history if op.client == "final"}):  # type: ignore[attr-defined]

@@ -14,10 +14,10 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from txconsul.raft.transport import RaftTransport, hello, parse_hello
-from txconsul.rpc.framing import PROTOCOL_RAFT, FrameDecoder, MalformedFrame, pack
+from txconsul.raft.transport import PING, PONG, RaftTransport, hello, parse_hello
+from txconsul.rpc.framing import PROTOCOL_RAFT, FrameDecoder, MalformedFrame, encode_frame, pack
 from txconsul.rpc.listener import RPCListener
-from txconsul.rpc.protocol import Dispatcher
+from txconsul.rpc.protocol import Dispatcher, RaftConnection
 
 
 class HelloTests(SynchronousTestCase):
@@ -33,14 +33,22 @@ ME = "10.0.0.1:8300"
 PEER = "10.0.0.2:8300"
 
 
-class QueueTests(SynchronousTestCase):
-    """Messages sent while a connection is being made; the test completes or fails it."""
+class Harness(SynchronousTestCase):
+    """A transport on a ``MemoryReactorClock``; the test completes or fails each connection."""
 
     def setUp(self) -> None:
         self.reactor = MemoryReactorClock()
-        self.transport = RaftTransport(self.reactor, self.reactor, ME, max_queued=4)
+        self.got: list[tuple[str, bytes]] = []
+        self.transport = RaftTransport(
+            self.reactor,
+            self.reactor,
+            ME,
+            lambda src, data: self.got.append((src, data)),
+            max_queued=4,
+        )
         self.transport.startService()
         self.addCleanup(self.transport.stopService)
+        self.protocols: list[object] = []
 
     def complete(self, index: int = -1) -> StringTransport:
         """Let connection attempt ``index`` succeed; the transport its bytes go to."""
@@ -48,6 +56,7 @@ class QueueTests(SynchronousTestCase):
         protocol = factory.buildProtocol(None)
         wire = StringTransport()
         protocol.makeConnection(wire)
+        self.protocols.append(protocol)
         return wire
 
     def refuse(self, index: int = -1) -> None:
@@ -58,6 +67,10 @@ class QueueTests(SynchronousTestCase):
         data = wire.value()
         self.assertEqual(data[:1], bytes([PROTOCOL_RAFT]))
         return FrameDecoder().feed(data[1:])
+
+
+class QueueTests(Harness):
+    """Messages sent while a connection is being made."""
 
     def test_messages_sent_while_connecting_leave_after_the_hello_in_order(self) -> None:
         self.transport.send(PEER, b"vote-1")
@@ -124,6 +137,104 @@ class QueueTests(SynchronousTestCase):
         self.transport.send(PEER, b"b")
         self.assertEqual(self.transport.stats["dropped"], 2)
         self.assertEqual(len(self.reactor.tcpClients), 1)
+
+
+class LivenessTests(Harness):
+    """
+    The liveness rule on the reactor's clock: a send on a quiet connection
+    pings, an unanswered ping condemns the connection at the next send.
+    """
+
+    def connected(self) -> StringTransport:
+        self.transport.send(PEER, b"first")
+        wire = self.complete()
+        self.assertEqual(self.frames(wire), [hello(ME), b"first"])
+        return wire
+
+    def pong(self) -> None:
+        self.protocols[-1].dataReceived(encode_frame(PONG))  # type: ignore[attr-defined]
+
+    def test_a_send_on_a_quiet_connection_also_pings_once(self) -> None:
+        wire = self.connected()
+        self.reactor.advance(0.4)
+        self.transport.send(PEER, b"a")
+        self.reactor.advance(0.1)
+        self.transport.send(PEER, b"b")
+        self.transport.send(PEER, b"c")
+        self.assertEqual(self.frames(wire)[2:], [b"a", b"b", PING, b"c"])
+        self.assertEqual(self.transport.stats["pings"], 1)
+
+    def test_an_unanswered_ping_condemns_the_connection_at_the_next_send(self) -> None:
+        wire = self.connected()
+        self.reactor.advance(0.5)
+        self.transport.send(PEER, b"pinged")
+        self.reactor.advance(1.9)
+        self.transport.send(PEER, b"still trusted")
+        self.assertFalse(wire.disconnecting)
+        self.reactor.advance(0.1)
+        self.transport.send(PEER, b"needs a new connection")
+        self.assertTrue(wire.disconnected, "aborted, unsent data dropped")
+        self.assertEqual(self.transport.stats["dead_connections"], 1)
+        self.assertEqual(self.frames(wire)[2:], [b"pinged", PING, b"still trusted"])
+        self.assertEqual(len(self.reactor.tcpClients), 2, "dialled again at once")
+        self.assertEqual(self.frames(self.complete()), [hello(ME), b"needs a new connection"])
+
+    def test_a_pong_keeps_the_connection(self) -> None:
+        wire = self.connected()
+        self.reactor.advance(0.5)
+        self.transport.send(PEER, b"pinged")
+        self.reactor.advance(0.5)
+        self.pong()
+        self.reactor.advance(2.0)
+        self.transport.send(PEER, b"after the pong")
+        self.assertFalse(wire.disconnecting)
+        self.assertEqual(self.frames(wire)[2:], [b"pinged", PING, b"after the pong", PING])
+        self.assertEqual(self.transport.stats["dead_connections"], 0)
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+
+    def test_a_connection_nobody_sends_on_is_not_condemned_for_its_quiet(self) -> None:
+        wire = self.connected()
+        self.reactor.advance(3600)
+        self.transport.send(PEER, b"an hour later")
+        self.assertFalse(wire.disconnecting)
+        self.assertEqual(self.frames(wire)[2:], [b"an hour later", PING])
+
+    def test_frames_other_than_pongs_on_an_outbound_connection_are_counted_and_ignored(
+        self,
+    ) -> None:
+        self.connected()
+        self.protocols[-1].dataReceived(encode_frame(b"nonsense"))  # type: ignore[attr-defined]
+        self.assertEqual(self.transport.stats["unexpected_frames"], 1)
+        self.assertEqual(self.got, [])
+
+    def inbound(self) -> tuple[RaftConnection, StringTransport]:
+        connection = RaftConnection()
+        self.transport.handle_inbound(connection)
+        wire = StringTransport()
+        connection.makeConnection(wire)
+        return connection, wire
+
+    def test_pings_are_answered_with_pongs_and_never_reach_raft(self) -> None:
+        connection, wire = self.inbound()
+        connection.dataReceived(
+            encode_frame(hello(PEER)) + encode_frame(PING) + encode_frame(b"append")
+        )
+        self.assertEqual(wire.value(), encode_frame(PONG))
+        self.assertEqual(self.got, [(PEER, b"append")])
+
+    def test_a_new_hello_from_a_sender_replaces_its_older_connection(self) -> None:
+        old, old_wire = self.inbound()
+        old.dataReceived(encode_frame(hello(PEER)))
+        other, other_wire = self.inbound()
+        other.dataReceived(encode_frame(hello("10.0.0.3:8300")))
+        new, new_wire = self.inbound()
+        self.assertFalse(old_wire.disconnecting, "no hello yet, no sender yet")
+        new.dataReceived(encode_frame(hello(PEER)) + encode_frame(b"append"))
+        self.assertTrue(old_wire.disconnected)
+        self.assertFalse(other_wire.disconnecting)
+        self.assertFalse(new_wire.disconnecting)
+        self.assertEqual(self.transport.stats["replaced_inbound"], 1)
+        self.assertEqual(self.got, [(PEER, b"append")])
 
 
 class TransportTests(TestCase):

@@ -195,6 +195,44 @@ class ConnectedTests(SynchronousTestCase):
         self.assertEqual(sorted(self.handlers.cancelled), [0, 1, 2])
         self.failureResultOf(self.client.call("Status.Ping"), RPCConnectError)
 
+    def test_a_silent_connection_with_a_call_waiting_is_pinged_then_aborted(self) -> None:
+        d = self.call("KVS.Slow", "cut")  # delivered; then the network goes silent
+        self.clock.advance(1.0)
+        self.assertEqual(self.client.stats["pings"], 1)
+        self.clock.advance(1.0)
+        self.assertEqual(self.client.stats["pings"], 1, "one ping at a time")
+        self.assertFalse(self.client.closed)
+        self.clock.advance(1.0)
+        self.assertTrue(self.client.closed, "dead after 3 s of silence")
+        self.assertEqual(self.client.stats["dead_connections"], 1)
+        self.failureResultOf(self.client.call("Status.Ping"), RPCConnectError)
+        self.pump.flush()
+        failure = self.failureResultOf(d, RPCConnectionLost)
+        self.assertIn("no answer for 3.0s", str(failure.value))
+
+    def test_a_long_call_on_a_live_connection_is_never_suspected(self) -> None:
+        d = self.call("KVS.Slow", "blocking query")
+        for _ in range(30):
+            self.clock.advance(1.0)
+            self.pump.flush()  # the server answers each ping
+        self.assertNoResult(d)
+        self.assertFalse(self.client.closed)
+        self.assertEqual(self.client.stats["dead_connections"], 0)
+        self.assertGreaterEqual(self.client.stats["pings"], 10)
+        self.handlers.waiting["blocking query"].callback("changed")
+        self.pump.flush()
+        self.assertEqual(self.successResultOf(d), "changed")
+
+    def test_answers_keep_a_busy_connection_alive_without_pings(self) -> None:
+        slow = self.call("KVS.Slow", "s")
+        for i in range(10):
+            self.clock.advance(0.9)
+            self.successResultOf(self.call("KVS.Apply", i))
+        self.assertEqual(self.client.stats["pings"], 0)
+        self.handlers.waiting["s"].callback("done")
+        self.pump.flush()
+        self.successResultOf(slow)
+
     def test_too_many_in_flight_is_refused_per_request(self) -> None:
         self.factory.max_in_flight = 2
         self.client.transport.loseConnection()
@@ -440,6 +478,19 @@ class PoolTests(SynchronousTestCase):
         self.assertEqual(len(self.reactor.tcpClients), 2)
         self.complete().flush()
         self.assertEqual(self.successResultOf(again), 2)
+
+    def test_a_connection_found_dead_is_replaced_on_the_next_call(self) -> None:
+        self.factory.dispatcher.register("KVS.Slow", lambda body: Deferred())
+        d = self.client.call("10.0.0.1:8300", "KVS.Slow", 1, 10)
+        pump = self.complete()  # the request is delivered, then nothing gets through
+        for _ in range(3):
+            self.reactor.advance(1.0)
+        again = self.client.call("10.0.0.1:8300", "KVS.Apply", 2, 10)
+        self.assertEqual(len(self.reactor.tcpClients), 2)
+        self.complete().flush()
+        self.assertEqual(self.successResultOf(again), 2)
+        pump.flush()
+        self.failureResultOf(d, RPCConnectionLost)
 
     def test_timeout_covers_connecting(self) -> None:
         d = self.client.call("10.0.0.1:8300", "KVS.Apply", 1, 2)
