@@ -44,6 +44,7 @@ from txconsul.raft.core import (
     PersistEntries,
     PersistSnapshot,
     PersistState,
+    PersistVoters,
     RaftCore,
     ReadFailed,
     ReadReady,
@@ -147,7 +148,7 @@ class RaftNode(Service):
         if self.core.next_deadline() <= self._monotonic():
             self._tick()  # a lone voter's election is due at once
         else:
-            self._arm()
+            self._drain()  # a new cluster's voters are durable before anything else; arms the timer
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
@@ -301,6 +302,9 @@ class RaftNode(Service):
                 for out in core.take_outputs():
                     if isinstance(out, PersistState):
                         self._store.set_state(out.term, out.vote)
+                        dirty = True
+                    elif isinstance(out, PersistVoters):
+                        self._store.set_voters(out.voters)
                         dirty = True
                     elif isinstance(out, PersistEntries):
                         self._store.store_entries(out.first_index, out.entries)

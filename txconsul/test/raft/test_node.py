@@ -244,6 +244,38 @@ class RestartTests(SynchronousTestCase):
             self.assertEqual(again._fsm.store.kv.get(f"k{i}").value, b"%d" % i)
 
 
+class BootstrapRestartTests(SynchronousTestCase):
+    """A server killed right after it bootstrapped still knows the voters when it restarts."""
+
+    def make(self, me: str, voters: list[str], path: str, clock: Clock) -> RaftNode:
+        node = RaftNode(
+            me,
+            voters,
+            FSM(StateStore()),
+            SQLiteLogStore(path),
+            FakeTransport(Net(clock), me),
+            clock,
+            clock.seconds,
+            random.Random(1),
+            TIMING,
+        )
+        node.startService()
+        self.addCleanup(lambda: node.stopService() if node.running else None)
+        return node
+
+    def test_the_voters_are_on_disk_before_anything_happens(self) -> None:
+        clock = Clock()
+        path = self.mktemp()
+        me = NAMES[0]
+        node = self.make(me, NAMES, path, clock)
+        self.assertEqual(node.core.term, 0)  # no election, no message yet
+        node.stopService()
+        again = self.make(me, [], path, clock)
+        self.assertEqual(again.peers(), NAMES)
+        # a voter again: its election timer runs
+        self.assertLess(again.core.next_deadline(), float("inf"))
+
+
 class LoneVoterTests(SynchronousTestCase):
     """A one-server cluster (``--dev``, ``--bootstrap``) runs the same node."""
 
