@@ -85,6 +85,9 @@ class AgentConfig:
     dns: DNSConfig = attrs.field(factory=DNSConfig)
     node_meta: Mapping[str, str] = attrs.field(factory=dict)
     kv_max_value_size: int = 512 * 1024
+    #: Consul's ``raft_snapshot_threshold`` and ``raft_trailing_logs`` (None: Raft's defaults)
+    raft_snapshot_threshold: int | None = None
+    raft_trailing_logs: int | None = None
     enable_script_checks: bool = False
     enable_local_script_checks: bool = False
     check_update_interval: float = 300.0
@@ -345,6 +348,11 @@ def build(raw: Mapping[str, Any], what: str = "configuration") -> AgentConfig:
         kw["kv_max_value_size"] = _type(raw, "kv_max_value_size", int, what)
         if kw["kv_max_value_size"] <= 0:
             raise ConfigError(f"{what}: kv_max_value_size must be positive")
+    for key in ("raft_snapshot_threshold", "raft_trailing_logs"):
+        if key in raw:
+            kw[key] = _type(raw, key, int, what)
+            if kw[key] <= 0:
+                raise ConfigError(f"{what}: {key} must be positive")
     services = []
     for i, body in enumerate(raw.get("services", [])):
         try:

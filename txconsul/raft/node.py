@@ -44,6 +44,7 @@ from txconsul.raft.core import (
     PersistEntries,
     PersistSnapshot,
     PersistState,
+    PersistVoters,
     RaftCore,
     ReadFailed,
     ReadReady,
@@ -147,7 +148,7 @@ class RaftNode(Service):
         if self.core.next_deadline() <= self._monotonic():
             self._tick()  # a lone voter's election is due at once
         else:
-            self._arm()
+            self._drain()  # a new cluster's voters are durable before anything else; arms the timer
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
@@ -302,6 +303,9 @@ class RaftNode(Service):
                     if isinstance(out, PersistState):
                         self._store.set_state(out.term, out.vote)
                         dirty = True
+                    elif isinstance(out, PersistVoters):
+                        self._store.set_voters(out.voters)
+                        dirty = True
                     elif isinstance(out, PersistEntries):
                         self._store.store_entries(out.first_index, out.entries)
                         dirty = True
@@ -333,6 +337,12 @@ class RaftNode(Service):
             core.snapshot_taken(self._monotonic(), out.index, self._fsm.store.snapshot())
         elif isinstance(out, RestoreSnapshot):
             self._fsm.store.restore(out.snapshot.data)
+            self.log.info(
+                "raft: installed the leader's snapshot at index {index} (term {term})",
+                index=out.snapshot.index,
+                term=out.snapshot.term,
+                server=self.me,
+            )
         elif isinstance(out, ReadReady):
             d = self._reads.pop(out.read_id, None)
             if d is not None:

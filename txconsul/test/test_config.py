@@ -113,6 +113,11 @@ class WrongTypes(ConfigFiles):
             ("node_meta", "rack=r1"),
             ("node_meta", {"rack": 1}),
             ("kv_max_value_size", "512KiB"),
+            ("raft_snapshot_threshold", "100"),
+            ("raft_snapshot_threshold", True),
+            ("raft_snapshot_threshold", 0),
+            ("raft_trailing_logs", -1),
+            ("raft_trailing_logs", 1.5),
             ("data_dir", 5),
         ):
             self.assertRefused({key: value}, key)
@@ -226,6 +231,18 @@ class BadEncryptKey(ConfigFiles):
     def test_good_key_loads(self) -> None:
         config = load(DEV, [self.write("agent.json", {"encrypt": KEY_16})])
         self.assertEqual(config.encrypt, KEY_16)
+
+
+class RaftSettings(ConfigFiles):
+    def test_snapshot_settings_load_and_default_to_rafts_own(self) -> None:
+        given = {"raft_snapshot_threshold": 100, "raft_trailing_logs": 10}
+        config = load(DEV, [self.write("agent.json", given)])
+        self.assertEqual((config.raft_snapshot_threshold, config.raft_trailing_logs), (100, 10))
+        config = load(DEV, [self.write("agent.json", {})])
+        self.assertEqual((config.raft_snapshot_threshold, config.raft_trailing_logs), (None, None))
+
+    def test_not_positive_is_refused_by_name(self) -> None:
+        self.assertRefused({"raft_trailing_logs": 0}, "raft_trailing_logs must be positive")
 
 
 class BadServiceDefinitions(ConfigFiles):

@@ -7,112 +7,34 @@ py-consul talks to the client, as a Consul user's code would.
 
 from __future__ import annotations
 
-import base64
 import functools
 import json
 import os
 import time
-from collections.abc import Callable
 from typing import Any
 
-import consul
 from twisted.internet import reactor  # noqa: TID251 (real-socket test)
-from twisted.internet.defer import gatherResults
 from twisted.internet.threads import deferToThread
 from twisted.names import client as dns_client
 from twisted.names import dns
-from twisted.trial.unittest import TestCase
 
 from txconsul.agent.agent import Agent
-from txconsul.testing.agent import api_call, make_agent, start_agent
-from txconsul.testing.polling import poll_until
-
-FAST = {"probe_interval": "100ms", "probe_timeout": "50ms", "gossip_interval": "20ms"}
+from txconsul.test.agent.support import FAST, ClusterTestCase
+from txconsul.testing.agent import api_call, start_agent
 
 
-def lan(agent: Agent) -> str:
-    assert agent.membership.lan is not None
-    return "127.0.0.1:%d" % agent.membership.lan.gossip.address()[1]
-
-
-class ClientClusterTestCase(TestCase):
-    """Three servers (s1-s3) and client agents joined to them."""
-
-    timeout = 60
-
-    def server(self, name: str, **flags: Any) -> Agent:
-        return make_agent(
-            self,
-            reactor,
-            node_name=name,
-            dev=False,
-            server=True,
-            bootstrap_expect=3,
-            data_dir=self.mktemp(),
-            gossip_lan=FAST,
-            gossip_wan=FAST,
-            ports={"server": 0},
-            **flags,
-        )
-
-    async def cluster(self) -> list[Agent]:
-        s1 = self.server("s1")
-        s2 = self.server("s2", start_join=[lan(s1)])
-        s3 = self.server("s3", start_join=[lan(s1)])
-        servers = [s1, s2, s3]
-        await gatherResults([a.when_ready() for a in servers])
-        return servers
-
-    async def client(
-        self, name: str, servers: list[Agent], dirs: tuple[str, ...] = (), **flags: Any
-    ) -> Agent:
-        flags.setdefault("start_join", [lan(servers[0])])
-        return await start_agent(
-            self,
-            reactor,
-            dirs=dirs,
-            node_name=name,
-            dev=False,
-            server=False,
-            data_dir=self.mktemp(),
-            gossip_lan=FAST,
-            **flags,
-        )
-
-    def py_consul(self, agent: Agent, **kw: Any) -> consul.Consul:
-        host, port = agent.http.address()
-        c = consul.Consul(host=host, port=port, **kw)
-        self.addCleanup(c.http.session.close)
-        return c
-
-    def call(self, f: Callable[..., Any], *args: Any, **kw: Any) -> Any:
-        """One blocking py-consul call, in a thread while the reactor serves it."""
-        return deferToThread(f, *args, **kw)
-
-    async def wait_for(self, condition: Callable[[], Any], limit: float = 15.0) -> None:
-        if not await poll_until(reactor, condition, limit):
-            self.fail(f"condition not met within {limit}s")
-
-    def leader(self, servers: list[Agent]) -> Agent:
-        leaders = [s for s in servers if s.running and s.consensus.is_leader()]
-        assert len(leaders) == 1, leaders
-        return leaders[0]
+class ClientClusterTestCase(ClusterTestCase):
+    """The shared fixtures, and what only the client tests ask."""
 
     @staticmethod
     def has_service(server: Agent, node: str, sid: str) -> bool:
         return sid in server.store.catalog.services.get(node, {})
 
     async def stale_value(self, agent: Agent, key: str, want: str) -> bool:
-        return await self.kv(agent, key + "?stale") == want
+        return await self.stale_kv(agent, key) == want
 
     async def equals(self, got: Any, want: Any) -> bool:
         return bool(await got == want)
-
-    async def kv(self, agent: Agent, key: str, query: str = "") -> str | None:
-        code, body = await api_call(agent, "GET", f"/v1/kv/{key}{query}")
-        if code != 200:
-            return None
-        return base64.b64decode(body[0]["Value"]).decode()
 
 
 class ClientForwardingTests(ClientClusterTestCase):

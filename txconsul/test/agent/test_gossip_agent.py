@@ -303,7 +303,10 @@ class SnapshotRejoinTests(GossipAgentTestCase):
         both = {"s1.dc1": 1, "s2.dc2": 1}
         await self.wait_for(functools.partial(self.has_statuses, s1, both, "?wan=1"))
         self.assertTrue(os.path.exists(os.path.join(s2.config.data_dir, "serf", "remote.snapshot")))
-        s2 = await self.restarted(s2, self.gossip_ports(s2))
+        assert s2.servers is not None and s2.servers.listener is not None
+        # the same RPC port: it is the server's identity in its Raft configuration
+        ports = {**self.gossip_ports(s2), "server": s2.servers.listener.address()[1]}
+        s2 = await self.restarted(s2, ports)
         await self.wait_for(functools.partial(self.has_statuses, s2, both, "?wan=1"))
         self.assertEqual(set(await self.members(s2)), {"s2"})  # its LAN pool is its own
 
