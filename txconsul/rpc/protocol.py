@@ -94,6 +94,13 @@ DEAD_AFTER = 3.0
 PING_METHOD = "Status.Ping"
 
 
+def tune_tcp(transport: object) -> None:
+    """TCP keepalive on a port-8300 connection: a peer gone behind a network cut is found in the end."""
+    set_keepalive = getattr(transport, "setTcpKeepAlive", None)
+    if set_keepalive is not None:
+        set_keepalive(True)
+
+
 def _peer(protocol: Protocol) -> str:
     transport = protocol.transport
     if transport is None:
@@ -393,9 +400,7 @@ class RPCClientProtocol(Protocol):
 
     def connectionMade(self) -> None:
         assert self.transport is not None
-        set_keepalive = getattr(self.transport, "setTcpKeepAlive", None)
-        if set_keepalive is not None:
-            set_keepalive(True)
+        tune_tcp(self.transport)
         self.transport.write(bytes([PROTOCOL_RPC]))
 
     # -- liveness ---------------------------------------------------------------------
