@@ -59,6 +59,8 @@ class AgentConfig:
     client_addr: str = "127.0.0.1"
     bind_addr: str = "127.0.0.1"
     advertise_addr: str = ""
+    #: the address a server's WAN pool advertises (Consul's ``advertise_addr_wan``)
+    advertise_addr_wan: str = ""
     ports: Mapping[str, int] = attrs.field(factory=lambda: dict(DEFAULT_PORTS))
     data_dir: str | None = None
     join: tuple[str, ...] = ()
@@ -97,6 +99,11 @@ class AgentConfig:
     def advertise(self) -> str:
         """The address other agents and clients reach this one at."""
         return self.advertise_addr or self.bind_addr
+
+    @property
+    def advertise_wan(self) -> str:
+        """The address a server's WAN pool members reach it at."""
+        return self.advertise_addr_wan or self.advertise
 
     @property
     def rpc_address(self) -> str:
@@ -236,7 +243,7 @@ def build(raw: Mapping[str, Any], what: str = "configuration") -> AgentConfig:
     kw["node_name"] = node
     if "node_id" in raw:
         kw["node_id"] = _type(raw, "node_id", str, what)
-    for key in ("client_addr", "bind_addr", "advertise_addr"):
+    for key in ("client_addr", "bind_addr", "advertise_addr", "advertise_addr_wan"):
         if raw.get(key):
             kw[key] = _address(_type(raw, key, str, what), key, what)
     ports = dict(DEFAULT_PORTS)

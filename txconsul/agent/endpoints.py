@@ -14,6 +14,9 @@ The RPC methods a server offers to client agents and to other servers.
   corrects its entries after a lagging copy of them).
 - ``DNS.Lookup``: a question in the client's domain, answered from this
   server's catalog with the client's DNS settings.
+- ``Internal.KeyringOperation``: a keyring operation on every pool
+  (``txconsul.agent.keyring``), from an agent or, ``Forwarded``, from a
+  server of another datacenter.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 from twisted.internet.defer import Deferred, fail, succeed
 
+from txconsul.agent import keyring
 from txconsul.agent.remote import check_lease, leads
 from txconsul.dns.authority import Answer, ConsulAuthority
 from txconsul.dns.remote import answer_to_wire, config_key, dns_config_from_wire
@@ -88,6 +92,9 @@ class ServerEndpoints:
         dispatcher.register("Catalog.Deregister", self.deregister)
         dispatcher.register("Catalog.NodeState", self.node_state)
         dispatcher.register("DNS.Lookup", self.dns_lookup)
+        dispatcher.register(
+            "Internal.KeyringOperation", lambda body: keyring.handle_rpc(self._agent, body)
+        )
 
     def http(self, body: Any) -> Deferred[dict[str, Any]]:
         call = WireRequest.from_wire(body)

@@ -149,6 +149,7 @@ class WrongTypes(ConfigFiles):
             ({"node_name": "no spaces"}, "node_name"),
             ({"bind_addr": "not-an-ip"}, "not an IP address"),
             ({"advertise_addr": "10.0.0.300"}, "not an IP address"),
+            ({"advertise_addr_wan": "wan.example"}, "not an IP address"),
             ({"log_level": "loud"}, "unknown log_level"),
             ({"bootstrap_expect": -1}, "must not be negative"),
             ({"server": False, "bootstrap_expect": 3, "dev": False, "data_dir": "/d"}, "server"),
@@ -317,6 +318,17 @@ class TwistdOptions(ConfigFiles):
         options = self.parse("--dev", "--http-port", "0", "--dc", "east")
         assert options.config is not None
         self.assertEqual((options.config.ports["http"], options.config.datacenter), (0, "east"))
+
+    def test_advertise_and_advertise_wan(self) -> None:
+        options = self.parse("--dev", "--advertise", "10.0.0.7", "--advertise-wan", "192.0.2.7")
+        assert options.config is not None
+        self.assertEqual(
+            (options.config.advertise, options.config.advertise_wan), ("10.0.0.7", "192.0.2.7")
+        )
+        options = self.parse("--dev", "--advertise", "10.0.0.7")
+        assert options.config is not None
+        self.assertEqual(options.config.advertise_wan, "10.0.0.7")  # Consul's fallback
+        self.assertUsageError(["--dev", "--advertise-wan", "nowhere"], "advertise_addr_wan")
 
     def test_bad_ports(self) -> None:
         for flag in ("--http-port", "--dns-port", "--serf-lan-port", "--serf-wan-port"):
