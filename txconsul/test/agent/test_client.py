@@ -13,7 +13,11 @@ import os
 import time
 from typing import Any
 
+import treq
 from twisted.internet import reactor  # noqa: TID251 (real-socket test)
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
 from twisted.internet.threads import deferToThread
 from twisted.names import client as dns_client
 from twisted.names import dns
@@ -251,3 +255,63 @@ class ClientStateTests(ClientClusterTestCase):
         self.assertEqual([e["Node"]["Node"] for e in entries], ["c1"])
         # within the failure detection of these gossip timings (100 ms probes)
         self.assertLess(detected, 5.0)
+
+
+class _HTTPRequest(Protocol):
+    """One raw HTTP request on its own connection, which the test drops at will."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.received = b""
+        self.closed: Deferred[None] = Deferred()
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(f"GET {self.path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.closed.callback(None)
+
+
+class AbandonedQueryTests(ClientClusterTestCase):
+    """A blocking query whose HTTP client goes away is dropped on the server too."""
+
+    async def test_abandoned_blocking_queries_do_not_pile_up_on_the_server(self) -> None:
+        s1 = self.server("s1", bootstrap_expect=0, bootstrap=True)
+        await s1.when_ready()
+        c1 = await self.client("c1", [s1])
+        assert s1.servers is not None and s1.servers.listener is not None
+        rpc = s1.servers.listener.factory
+        code, _ = await api_call(c1, "PUT", "/v1/kv/watched", b"1")
+        self.assertEqual(code, 200)
+        index = s1.store.kv.get("watched").modify_index
+        host, port = c1.http.address()
+        endpoint = TCP4ClientEndpoint(reactor, host, port)
+        n = 40
+        for _round in range(3):
+            queries = [_HTTPRequest(f"/v1/kv/watched?index={index}&wait=5m") for _ in range(n)]
+            for query in queries:
+                await connectProtocol(endpoint, query)
+            # every query waits on the server, in one RPC each
+            await self.wait_for(lambda: len(s1.store.watches) == n and rpc.in_flight() == n)
+            for query in queries:
+                assert query.transport is not None
+                query.transport.abortConnection()
+            await gatherResults([q.closed for q in queries])
+            # gone from the server at once, not when their 5 minutes are up
+            await self.wait_for(lambda: len(s1.store.watches) == 0 and rpc.in_flight() == 0, 5)
+            self.assertEqual([q.received for q in queries], [b""] * n)
+        self.assertEqual(rpc.stats["cancelled"], 3 * n)
+        # the connection to the server serves on: a write wakes a new query
+        waiting = treq.get(
+            f"http://{host}:{port}/v1/kv/watched?index={index}&wait=5m", persistent=False
+        )
+        await self.wait_for(lambda: len(s1.store.watches) == 1)
+        code, _ = await api_call(c1, "PUT", "/v1/kv/watched", b"2")
+        self.assertEqual(code, 200)
+        response = await waiting
+        self.assertEqual(response.code, 200)
+        self.assertGreater(int(response.headers.getRawHeaders(b"x-consul-index")[0]), index)
