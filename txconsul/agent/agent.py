@@ -31,6 +31,7 @@ from txconsul.agent.local import LocalState
 from txconsul.agent.membership import Membership
 from txconsul.agent.remote import Remote, RemoteConsensus
 from txconsul.agent.servers import ServerConsensus, Servers
+from txconsul.clock import wall_time
 from txconsul.config import AgentConfig
 from txconsul.dns.remote import RemoteAuthority
 from txconsul.dns.server import DNSService
@@ -108,16 +109,20 @@ class Agent(MultiService):
         reactor: Any,
         rng: random.Random | None = None,
         shutdown: Callable[[], object] | None = None,
+        wall: Callable[[], float] = wall_time,
     ) -> None:
         """
         :param shutdown: ends the agent after ``/v1/agent/leave`` or a failed
             ``start_join``; the default only stops this service, ``tap.py``
             stops the reactor.
+        :param wall: the wall clock, for dates others read (the DNS SOA
+            serial); every duration is on ``reactor``'s monotonic clock.
         """
         super().__init__()
         self.shutdown = shutdown if shutdown is not None else self.stopService
         self.config = config
         self.reactor = reactor
+        self.wall = wall
         clock: IReactorTime = reactor
         tcp: IReactorTCP = reactor
         self.rng = rng if rng is not None else random.Random()
@@ -163,7 +168,9 @@ class Agent(MultiService):
             authority = None
             if not config.server:
                 authority = RemoteAuthority(self.remote.call, config)
-            self.dns = DNSService(reactor, self.store, self.consensus, config, self.rng, authority)
+            self.dns = DNSService(
+                reactor, self.store, self.consensus, config, self.rng, authority, wall
+            )
             self.dns.setName("dns")
             self.dns.setServiceParent(self)
         self._ready = False

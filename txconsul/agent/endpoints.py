@@ -139,7 +139,7 @@ class ServerEndpoints:
             agent = self._agent
             settings = attrs.evolve(agent.config, domain=domain, datacenter=dc, dns=config)
             authority = ConsulAuthority(
-                agent.store, agent.consensus, settings, agent.reactor, agent.rng
+                agent.store, agent.consensus, settings, agent.wall, agent.rng
             )
             self._authorities[key] = authority
         return authority

@@ -15,7 +15,7 @@ or are REFUSED, and UDP replies are cut to whole records that fit.
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from twisted.names import client, dns
 from twisted.protocols.basic import Int16StringReceiver
 
+from txconsul.clock import wall_time
 from txconsul.config import AgentConfig
 from txconsul.dns.authority import Answer, ConsulAuthority
 from txconsul.dns.config import DNSConfig, parse_recursor
@@ -367,11 +368,15 @@ class DNSService(Service):
         config: AgentConfig,
         rng: Any,
         authority: RemoteAuthority | None = None,
+        wall: Callable[[], float] = wall_time,
     ) -> None:
-        """:param authority: a client agent's (its servers answer); by default the store's."""
+        """
+        :param authority: a client agent's (its servers answer); by default the store's.
+        :param wall: the wall clock, for the SOA serial.
+        """
         self._reactor = reactor
         self.authority: ConsulAuthority | RemoteAuthority = authority or ConsulAuthority(
-            store, consensus, config, reactor, rng
+            store, consensus, config, wall, rng
         )
         recursors = [parse_recursor(r) for r in config.recursors]
         self.responder = DNSResponder(self.authority, config.dns, recursors, reactor)
