@@ -29,11 +29,12 @@ from txconsul.agent.endpoints import read_node_state
 from txconsul.agent.listeners import TCPListener
 from txconsul.agent.local import LocalState
 from txconsul.agent.membership import Membership
-from txconsul.agent.remote import Remote, RemoteConsensus
+from txconsul.agent.remote import Remote, RemoteConsensus, leads
 from txconsul.agent.servers import ServerConsensus, Servers
 from txconsul.clock import wall_time
 from txconsul.config import AgentConfig
-from txconsul.dns.remote import RemoteAuthority
+from txconsul.dns.authority import ConsulAuthority
+from txconsul.dns.remote import LeaderAuthority, RemoteAuthority
 from txconsul.dns.server import DNSService
 from txconsul.errors import ConfigError, TxConsulError
 from txconsul.gossip.serf import MemberEvent
@@ -165,9 +166,16 @@ class Agent(MultiService):
         self.http.setServiceParent(self)
         self.dns: DNSService | None = None
         if config.ports["dns"] >= 0:
-            authority = None
+            authority: RemoteAuthority | LeaderAuthority | None = None
             if not config.server:
                 authority = RemoteAuthority(self.remote.call, config)
+            elif not config.dns.allow_stale and not config.dev:
+                # only the leader answers: a follower asks it (a dev agent always leads)
+                authority = LeaderAuthority(
+                    ConsulAuthority(self.store, self.consensus, config, wall, self.rng),
+                    RemoteAuthority(self.remote.call, config, hop=True),
+                    lambda: leads(self),
+                )
             self.dns = DNSService(
                 reactor, self.store, self.consensus, config, self.rng, authority, wall
             )

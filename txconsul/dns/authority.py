@@ -141,6 +141,11 @@ class ConsulAuthority:
         self._cached_catalog: object = None
         self._cached_stamp = (0, 0, 0)
 
+    @property
+    def allow_stale(self) -> bool:
+        """Whether any server may answer (``dns_config.allow_stale``), or only the leader."""
+        return self._config.allow_stale
+
     # -- entry point ----------------------------------------------------------
 
     def lookup(self, name: bytes, qtype: int) -> Answer:

@@ -32,7 +32,7 @@ from txconsul.clock import wall_time
 from txconsul.config import AgentConfig
 from txconsul.dns.authority import Answer, ConsulAuthority
 from txconsul.dns.config import DNSConfig, parse_recursor
-from txconsul.dns.remote import RemoteAuthority
+from txconsul.dns.remote import LeaderAuthority, RemoteAuthority
 from txconsul.interfaces import IConsensus
 from txconsul.state.store import StateStore
 
@@ -149,7 +149,7 @@ class DNSResponder:
 
     def __init__(
         self,
-        authority: ConsulAuthority | RemoteAuthority,
+        authority: ConsulAuthority | RemoteAuthority | LeaderAuthority,
         config: DNSConfig,
         recursors: Sequence[tuple[str, int]] = (),
         reactor: Any = None,
@@ -367,7 +367,7 @@ class DNSService(Service):
         consensus: IConsensus,
         config: AgentConfig,
         rng: Any,
-        authority: RemoteAuthority | None = None,
+        authority: RemoteAuthority | LeaderAuthority | None = None,
         wall: Callable[[], float] = wall_time,
     ) -> None:
         """
@@ -375,8 +375,8 @@ class DNSService(Service):
         :param wall: the wall clock, for the SOA serial.
         """
         self._reactor = reactor
-        self.authority: ConsulAuthority | RemoteAuthority = authority or ConsulAuthority(
-            store, consensus, config, wall, rng
+        self.authority: ConsulAuthority | RemoteAuthority | LeaderAuthority = (
+            authority or ConsulAuthority(store, consensus, config, wall, rng)
         )
         recursors = [parse_recursor(r) for r in config.recursors]
         self.responder = DNSResponder(self.authority, config.dns, recursors, reactor)

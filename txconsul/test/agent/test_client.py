@@ -21,9 +21,10 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.threads import deferToThread
 from twisted.names import client as dns_client
 from twisted.names import dns
+from twisted.names.error import DNSQueryTimeoutError, DNSServerError
 
 from txconsul.agent.agent import Agent
-from txconsul.test.agent.support import FAST, ClusterTestCase
+from txconsul.test.agent.support import FAST, ClusterTestCase, lan
 from txconsul.testing.agent import api_call, start_agent
 
 
@@ -154,6 +155,63 @@ class ClientForwardingTests(ClientClusterTestCase):
             resolver.lookupAddress("nothing.service.consul"), dns.DomainError
         )
         self.assertIsNotNone(failure)
+
+    async def test_dns_without_allow_stale_is_answered_by_the_leader(self) -> None:
+        servers = await self.cluster()
+        await self.wait_for(lambda: len(self.leaders(servers)) == 1)
+        leader = self.leader(servers)
+        follower = next(s for s in servers if s is not leader)
+        await self.wait_for(lambda: self.knows(follower, leader))
+        strict = await self.client(
+            "strict", servers, ports={"dns": 0}, dns_config={"allow_stale": False}
+        )
+        stale = await self.client("stale", servers, ports={"dns": 0})
+        for agent in (strict, stale):
+            agent.remote.forwarder.preferred = follower.config.rpc_address
+
+        # the follower sends the strict client's question on to the leader
+        self.assertEqual(await self.resolve(strict, "s1.node.consul"), ["127.0.0.1"])
+        forwarded = follower.remote.sent.get("DNS.Lookup", 0)
+        self.assertGreaterEqual(forwarded, 1)
+        # the default (allow_stale) is answered by the follower itself
+        self.assertEqual(await self.resolve(stale, "s2.node.consul"), ["127.0.0.1"])
+        self.assertEqual(follower.remote.sent.get("DNS.Lookup", 0), forwarded)
+
+    async def resolve(self, agent: Agent, name: str) -> list[str]:
+        """The A records of ``name`` from ``agent``'s DNS, asked until it answers."""
+        assert agent.dns is not None
+        resolver = dns_client.Resolver(servers=[agent.dns.address()], reactor=reactor)
+        got: list[str] = []
+
+        async def answered() -> bool:
+            # SERVFAIL while a leader's lease lapses (a loaded machine) is right; ask again
+            try:
+                answers, _, _ = await resolver.lookupAddress(name, timeout=[2])
+            except (dns.DomainError, DNSServerError, DNSQueryTimeoutError):
+                return False
+            got[:] = [a.payload.dottedQuad() for a in answers]
+            return True
+
+        await self.wait_for(answered)
+        return got
+
+    async def test_a_followers_own_dns_without_allow_stale_asks_the_leader(self) -> None:
+        strict = {"ports": {"dns": 0}, "dns_config": {"allow_stale": False}}
+        s1 = self.server("s1", **strict)
+        servers = [s1] + [
+            self.server(name, start_join=[lan(s1)], **strict) for name in ("s2", "s3")
+        ]
+        await gatherResults([s.when_ready() for s in servers])
+        await self.wait_for(lambda: len(self.leaders(servers)) == 1)
+        leader = self.leader(servers)
+        for follower in servers:
+            if follower is leader:
+                continue
+            await self.wait_for(functools.partial(self.knows, follower, leader))
+            self.assertEqual(await self.resolve(follower, "s3.node.consul"), ["127.0.0.1"])
+            self.assertGreaterEqual(follower.remote.sent.get("DNS.Lookup", 0), 1)
+        self.assertEqual(await self.resolve(leader, "s1.node.consul"), ["127.0.0.1"])
+        self.assertIsNone(leader.remote.sent.get("DNS.Lookup"))  # the leader answers itself
 
     async def test_a_stopped_server_is_retried_around(self) -> None:
         servers = await self.cluster()
