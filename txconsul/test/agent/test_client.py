@@ -156,6 +156,18 @@ class ClientForwardingTests(ClientClusterTestCase):
         )
         self.assertIsNotNone(failure)
 
+    async def test_agent_self_on_a_client_names_the_leader(self) -> None:
+        servers = await self.cluster()
+        await self.wait_for(lambda: len(self.leaders(servers)) == 1)
+        leader = self.leader(servers)
+        c1 = await self.client("c1", servers)
+        me = await self.call(self.py_consul(c1).agent.self)
+        stats = me["Stats"]["consul"]
+        self.assertEqual(stats["leader_addr"], leader.config.rpc_address)
+        self.assertEqual((stats["server"], stats["leader"]), ("false", "false"))
+        self.assertEqual(stats["known_servers"], "3")
+        self.assertIs(me["Config"]["Server"], False)
+
     async def test_dns_without_allow_stale_is_answered_by_the_leader(self) -> None:
         servers = await self.cluster()
         await self.wait_for(lambda: len(self.leaders(servers)) == 1)
@@ -248,7 +260,11 @@ class ClientForwardingTests(ClientClusterTestCase):
         ]:
             code, body = await api_call(c1, method, path)
             self.assertEqual((code, body), (500, "No known Consul servers\n"), path)
-        # its own endpoints still answer, and a registration waits for a server
+        # its own endpoints still answer (it knows no leader), and a registration waits
+        code, me = await api_call(c1, "GET", "/v1/agent/self")
+        self.assertEqual(code, 200)
+        self.assertEqual(me["Stats"]["consul"]["leader_addr"], "")
+        self.assertEqual(me["Stats"]["consul"]["known_servers"], "0")
         code, _ = await api_call(
             c1, "PUT", "/v1/agent/service/register", json.dumps({"Name": "web"}).encode()
         )
