@@ -15,6 +15,9 @@ The RPC methods a server offers to client agents and to other servers.
 - ``DNS.Lookup``: a question in the client's domain, answered from this
   server's catalog with the client's DNS settings; with ``allow_stale``
   false, the leader's (a follower sends it on, as a hop).
+- ``Internal.KeyringOperation``: a keyring operation on every pool
+  (``txconsul.agent.keyring``), from an agent or, ``Forwarded``, from a
+  server of another datacenter.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 from twisted.internet.defer import Deferred, fail, succeed
 
+from txconsul.agent import keyring
 from txconsul.agent.remote import check_lease, leads
 from txconsul.dns.authority import Answer, ConsulAuthority
 from txconsul.dns.remote import (
@@ -94,6 +98,9 @@ class ServerEndpoints:
         dispatcher.register("Catalog.Deregister", self.deregister)
         dispatcher.register("Catalog.NodeState", self.node_state)
         dispatcher.register("DNS.Lookup", self.dns_lookup)
+        dispatcher.register(
+            "Internal.KeyringOperation", lambda body: keyring.handle_rpc(self._agent, body)
+        )
 
     def http(self, body: Any) -> Deferred[dict[str, Any]]:
         call = WireRequest.from_wire(body)

@@ -261,15 +261,17 @@ class Membership(Service):
             rng=random.Random(self._rng.random()),
             delegate=serf,
             keyring=keyring,
+            advertise=c.advertise_wan if wan else c.advertise,
         )
         pool = SerfPool(wan, serf, gossip, keyring, snap, state.rejoin())
         serf.changed = lambda: self._dispatch(pool)
         gossip.startService()
         self.log.info(
-            "gossip {which} pool {name} on {addr}",
+            "gossip {which} pool {name} on {addr}, advertised as {advertised}",
             which="WAN" if wan else "LAN",
             name=name,
             addr="%s:%d" % gossip.address(),
+            advertised="%s:%d" % gossip.advertised(),
         )
         return pool
 
@@ -515,23 +517,24 @@ class Membership(Service):
 
     # -- keyring ----------------------------------------------------------------------
 
-    def keyrings(self) -> list[SerfPool]:
+    def keyrings(self, lan_only: bool = False) -> list[SerfPool]:
         """The pools with encryption on; ``TxConsulError`` when there is none."""
-        pools = [p for p in self.pools() if p.keyring is not None]
+        pools = [p for p in self.pools() if p.keyring is not None and not (lan_only and p.wan)]
         if not pools:
             raise TxConsulError("Gossip encryption is not enabled on this agent")
         return pools
 
     def keyring_operation(
-        self, op: str, key: bytes | None = None
+        self, op: str, key: bytes | None = None, lan_only: bool = False
     ) -> Deferred[list[tuple[SerfPool, KeyResponse]]]:
         """
         ``install``, ``use`` or ``remove`` ``key`` on every member of each
-        encrypted pool, or ``list`` their keys, through serf's internal key
-        queries; fires with each pool's summed-up answers once every member
-        answered or the query timed out.
+        encrypted pool (the LAN pool alone with ``lan_only``), or ``list``
+        their keys, through serf's internal key queries; fires with each
+        pool's summed-up answers once every member answered or the query
+        timed out. ``txconsul.agent.keyring`` runs it on the servers.
         """
-        pools = self.keyrings()
+        pools = self.keyrings(lan_only)
         queries = [self._key_query(pool, op, key) for pool in pools]
         return gatherResults(queries).addCallback(
             lambda answers: list(zip(pools, answers, strict=True))

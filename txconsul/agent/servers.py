@@ -49,7 +49,7 @@ from txconsul.agent.reconcile import RECONCILE_INTERVAL, Reconciler
 from txconsul.errors import BadRequest, NoLeader, NotFound, TxConsulError
 from txconsul.gossip.serf import MemberStatus
 from txconsul.interfaces import IConsensus
-from txconsul.raft.core import NotLeader, Role
+from txconsul.raft.core import NotLeader, Role, Timing
 from txconsul.raft.logstore import ILogStore, MemoryLogStore, SQLiteLogStore, StoreFailed
 from txconsul.raft.node import RaftNode
 from txconsul.raft.transport import RaftTransport
@@ -276,12 +276,23 @@ class Servers(MultiService):
             self._reactor,
             self._monotonic,
             random.Random(self._rng.random()),
+            self._timing(),
         )
         self.transport.receive = node.receive
         self.node = node
         # a service added to a running parent starts at once; stopping goes in
         # reverse order, so the node stops before the listener
         self.addService(node)
+
+    def _timing(self) -> Timing:
+        """Raft's timing, with the snapshot settings of the config where it has them."""
+        c = self._agent.config
+        timing = Timing()
+        if c.raft_snapshot_threshold is not None:
+            timing = attrs.evolve(timing, snapshot_threshold=c.raft_snapshot_threshold)
+        if c.raft_trailing_logs is not None:
+            timing = attrs.evolve(timing, trailing_logs=c.raft_trailing_logs)
+        return timing
 
     def when_leader(self) -> Deferred[None]:
         """

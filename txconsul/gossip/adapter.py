@@ -352,6 +352,9 @@ class GossipPool(Service):
     :param reactor: provides ``IReactorUDP``, ``IReactorTCP`` and ``IReactorTime``.
     :param monotonic: the core's clock (``time.monotonic`` in production).
     :param port: 0 picks a free port (UDP first, then TCP on the same number).
+    :param advertise: the IP address other members reach this one at (Consul's
+        ``advertise_addr``; a NAT's public side, say), with the bound port;
+        by default the bound address itself.
     """
 
     log = Logger()
@@ -368,8 +371,10 @@ class GossipPool(Service):
         delegate: Delegate | None = None,
         keyring: Keyring | None = None,
         compress: bool = True,
+        advertise: str | None = None,
     ) -> None:
         self._reactor = reactor
+        self._advertise = advertise
         self._monotonic = monotonic
         self.node_name = name
         self._interface = interface
@@ -390,6 +395,11 @@ class GossipPool(Service):
         host = self._udp.getHost()
         return (host.host, host.port)  # type: ignore[attr-defined]
 
+    def advertised(self) -> Address:
+        """The ``(ip, port)`` the other members know this one by; valid once started."""
+        host, port = self.address()
+        return (self._advertise or host, port)
+
     @property
     def core(self) -> Memberlist:
         assert self.node is not None, "the pool is not running"
@@ -399,7 +409,7 @@ class GossipPool(Service):
         self._bind()
         core = Memberlist(
             self.node_name,
-            self.address(),
+            self.advertised(),
             self._config,
             self._rng,
             self._monotonic(),

@@ -51,6 +51,28 @@ def pack(value: Any) -> bytes:
     return msgpack.packb(value, use_bin_type=False)  # type: ignore[no-any-return]
 
 
+def packed_raw_size(length: int) -> int:
+    """Bytes ``pack`` gives a string or bytes value of ``length`` bytes (no str8/bin)."""
+    if length <= 0x1F:
+        return 1 + length
+    if length <= 0xFFFF:
+        return 3 + length
+    return 5 + length
+
+
+def packed_uint_size(value: int) -> int:
+    """Bytes ``pack`` gives a non-negative integer."""
+    if value <= 0x7F:
+        return 1
+    if value <= 0xFF:
+        return 2
+    if value <= 0xFFFF:
+        return 3
+    if value <= 0xFFFFFFFF:
+        return 5
+    return 9
+
+
 def unpack_one(data: bytes, offset: int = 0) -> tuple[Any, int]:
     """
     Decode one msgpack value at ``offset``.

@@ -337,6 +337,12 @@ class RaftNode(Service):
             core.snapshot_taken(self._monotonic(), out.index, self._fsm.store.snapshot())
         elif isinstance(out, RestoreSnapshot):
             self._fsm.store.restore(out.snapshot.data)
+            self.log.info(
+                "raft: installed the leader's snapshot at index {index} (term {term})",
+                index=out.snapshot.index,
+                term=out.snapshot.term,
+                server=self.me,
+            )
         elif isinstance(out, ReadReady):
             d = self._reads.pop(out.read_id, None)
             if d is not None:

@@ -241,7 +241,8 @@ class ServerProcess:
     One ``--server`` agent of a real cluster on ``host`` (or, with
     ``server=False``, a client agent): its ports are chosen once, so that it
     restarts on the same ports with the same data directory (the other
-    servers know it by its RPC address).
+    servers know it by its RPC address). ``config`` is added to its config
+    file (``FAST_CONFIG``).
     """
 
     def __init__(
@@ -253,6 +254,7 @@ class ServerProcess:
         env: dict[str, str] | None = None,
         prefix: list[str] | None = None,
         server: bool = True,
+        config: dict[str, Any] | None = None,
     ) -> None:
         self.name = name
         self.server = server
@@ -269,7 +271,7 @@ class ServerProcess:
         }
         self.config_file = os.path.join(self.dir, "fast.json")
         with open(self.config_file, "w") as f:
-            json.dump(FAST_CONFIG, f)
+            json.dump({**FAST_CONFIG, **(config or {})}, f)
         self.proto: AgentProcess | None = None
         #: the output of earlier runs (before a kill), for failure reports
         self.past_output = b""
@@ -346,7 +348,8 @@ class ServerCluster:
     """
     ``n`` server processes on ``hosts`` (one address each, or all on one), each
     joining the others with ``--retry-join`` and ``--bootstrap-expect n``, and
-    ``clients`` client agents joining the servers.
+    ``clients`` client agents joining the servers; ``config`` goes into
+    every server's config file.
     """
 
     def __init__(
@@ -358,13 +361,16 @@ class ServerCluster:
         env: dict[int, dict[str, str]] | None = None,
         prefix: dict[int, list[str]] | None = None,
         clients: int = 0,
+        config: dict[str, Any] | None = None,
     ) -> None:
         self.reactor = reactor
         hosts = hosts or ["127.0.0.1"] * n
         env = env or {}
         prefix = prefix or {}
         self.servers = [
-            ServerProcess(f"s{i + 1}", hosts[i], base_dir, n, env.get(i), prefix.get(i))
+            ServerProcess(
+                f"s{i + 1}", hosts[i], base_dir, n, env.get(i), prefix.get(i), config=config
+            )
             for i in range(n)
         ]
         self.clients = [

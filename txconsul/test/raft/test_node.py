@@ -121,6 +121,24 @@ class NodeTests(SynchronousTestCase):
         for node in self.net.nodes.values():
             self.assertEqual(node._fsm.store.kv.get("web").value, b"1")
 
+    def test_a_follower_left_behind_the_compacted_log_installs_the_snapshot_and_says_so(
+        self,
+    ) -> None:
+        self.run_for(3.0)
+        leader = self.leader()
+        follower = next(n for n in self.net.nodes.values() if n is not leader)
+        self.net.cut |= {(leader.me, follower.me), (follower.me, leader.me)}
+        for i in range(10):  # past snapshot_threshold and trailing_logs
+            leader.apply(put(f"k{i}", b"v"))
+            self.run_for(0.05)
+        self.assertGreater(leader.core.first_index, follower.core.last_index + 1)
+        self.net.cut.clear()
+        with capturedLogs() as events:
+            self.run_for(2.0)  # a snapshot sent into the cut is sent again after a while
+        self.assertEqual(follower._fsm.store.kv.get("k9").value, b"v")
+        installed = [e for e in events if "installed the leader's snapshot" in e["log_format"]]
+        self.assertEqual([e["server"] for e in installed], [follower.me])
+
     def test_follower_refuses_with_the_leader_address(self) -> None:
         self.run_for(3.0)
         leader = self.leader()
