@@ -105,6 +105,12 @@ class PortFactory(ServerFactory):
         self.stats: Counter[str] = Counter()
         self.connections: set[PortProtocol] = set()
 
+    def in_flight(self) -> int:
+        """Requests being served on all RPC connections (blocking queries included)."""
+        return sum(
+            p.inner.in_flight for p in self.connections if isinstance(p.inner, RPCServerProtocol)
+        )
+
     def buildProtocol(self, addr: IAddress | None) -> PortProtocol:
         return PortProtocol(self)
 
