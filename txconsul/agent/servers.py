@@ -45,9 +45,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txconsul.agent.endpoints import ServerEndpoints
-from txconsul.agent.reconcile import Reconciler
+from txconsul.agent.reconcile import RECONCILE_INTERVAL, Reconciler
 from txconsul.errors import BadRequest, NoLeader, NotFound, TxConsulError
-from txconsul.gossip.serf import MemberEvent, MemberStatus
+from txconsul.gossip.serf import MemberStatus
 from txconsul.interfaces import IConsensus
 from txconsul.raft.core import NotLeader, Role, Timing
 from txconsul.raft.logstore import ILogStore, MemoryLogStore, SQLiteLogStore, StoreFailed
@@ -176,6 +176,9 @@ class Servers(MultiService):
         self.node: RaftNode | None = None
         self._idle_store: ILogStore | None = None
         self._loop: LoopingCall | None = None
+        self._reconcile_loop: LoopingCall | None = None
+        #: how often the leader runs the full catalog reconciliation
+        self.reconcile_interval = RECONCILE_INTERVAL
         self._polls: list[LoopingCall] = []
         self._deciding = False
         self._was_leader = False
@@ -215,15 +218,20 @@ class Servers(MultiService):
         self._loop.start(TICK, now=False).addErrback(
             lambda f: self.log.failure("server loop stopped", f)
         )
+        self._reconcile_loop = LoopingCall(self._reconcile_periodically)
+        self._reconcile_loop.clock = self._reactor
+        self._reconcile_loop.start(self.reconcile_interval, now=False).addErrback(
+            lambda f: self.log.failure("reconciliation loop stopped", f)
+        )
 
     def stopService(self) -> Deferred[Any]:
         if self._idle_store is not None:
             self._idle_store.close()
             self._idle_store = None
-        for loop in [self._loop, *self._polls]:
+        for loop in [self._loop, self._reconcile_loop, *self._polls]:
             if loop is not None and loop.running:
                 loop.stop()  # a when_leader() still waiting never fires: the agent is stopping
-        self._loop = None
+        self._loop = self._reconcile_loop = None
         self._polls = []
         if self.transport is not None:
             self.transport.receive = None  # frames still arriving must not reach a stopped node
@@ -462,14 +470,20 @@ class Servers(MultiService):
             return  # one change at a time: the next tick retries
         self.log.info("raft voters becoming {voters}", voters=sorted(change))
 
-    def _reconcile_all(self) -> None:
-        """A new leader brings the catalog in step with every LAN member."""
+    def _reconcile_all(self) -> int:
+        """
+        Bring the catalog in step with every LAN member (a new leader at once,
+        then every ``reconcile_interval``): the writes it made.
+        """
         pool = self._agent.membership.lan
         if pool is None:
-            return
-        reconciler = self.reconciler
-        for name in list(pool.serf.members):
-            reconciler.reconcile(pool, MemberEvent("member-update", name))
+            return 0
+        return self.reconciler.reconcile_all(pool.serf.members)
+
+    def _reconcile_periodically(self) -> None:
+        node = self.node
+        if node is not None and node.core is not None and node.core.leading_with_current_commit():
+            self._reconcile_all()
 
     # -- RPC and operator -------------------------------------------------------------
 

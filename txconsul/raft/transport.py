@@ -47,7 +47,7 @@ from zope.interface import implementer
 from txconsul.errors import BadRequest
 from txconsul.raft.node import IRaftTransport
 from txconsul.rpc.framing import MalformedFrame, pack, unpack
-from txconsul.rpc.protocol import RaftConnection, parse_address
+from txconsul.rpc.protocol import RaftConnection, parse_address, tune_tcp
 
 #: ``receive(src, payload)``: one Raft message from server ``src``
 Receiver = Callable[[str, bytes], None]
@@ -83,12 +83,6 @@ class _Outbound:
     heard: float
     #: when the ping still unanswered was sent
     ping_at: float | None = None
-
-
-def _keepalive(connection: RaftConnection) -> None:
-    set_keepalive = getattr(connection.transport, "setTcpKeepAlive", None)
-    if set_keepalive is not None:
-        set_keepalive(True)
 
 
 @implementer(IRaftTransport)
@@ -227,7 +221,7 @@ class RaftTransport(Service):
             if not self.running:
                 connection.close()
                 return
-            _keepalive(connection)
+            tune_tcp(connection.transport)
             connection.send(hello(self.me))
             connection.on_close = lambda reason: self._lost(to, connection)
             connection.on_frame = lambda payload: self._heard(to, connection, payload)
@@ -291,7 +285,7 @@ class RaftTransport(Service):
         connection.on_close = on_close
 
     def _hello(self, connection: RaftConnection, sender: str) -> None:
-        _keepalive(connection)
+        tune_tcp(connection.transport)
         for other, name in list(self._inbound.items()):
             if name == sender and other is not connection:
                 # the sender dialled again: it gave up on the older connection

@@ -8,8 +8,12 @@ in any order; each call may have a timeout on the injected clock, and a lost
 connection fails every call still waiting. ``RPCServerProtocol`` decodes
 request frames and hands them to a ``Dispatcher``, which runs the handler
 named by ``Method`` and turns its result or exception (through
-``txconsul.rpc.errors``) into a response frame. ``RaftConnection`` carries
-Raft's frames, untouched, to whatever the Raft transport plugs in.
+``txconsul.rpc.errors``) into a response frame. A call cancelled by its
+caller, or timed out, sends ``Cancel`` for its ID, and the server cancels the
+handler: a blocking query abandoned on a client agent drops its watch on the
+server at once, instead of holding it until its wait ends.
+``RaftConnection`` carries Raft's frames, untouched, to whatever the Raft
+transport plugs in.
 ``RPCClient`` keeps one client connection per server address.
 
 Liveness: a network cut leaves a TCP connection open with its unsent data in
@@ -71,11 +75,13 @@ from txconsul.rpc.framing import (
     PROTOCOL_RAFT,
     PROTOCOL_RPC,
     RAFT_MAX_FRAME,
+    Cancel,
     FrameDecoder,
     FrameTooLarge,
     MalformedFrame,
     Request,
     Response,
+    client_frame_from_wire,
     encode_frame,
 )
 
@@ -92,6 +98,13 @@ DEAD_AFTER = 3.0
 
 #: the method a client pings with (every ``Dispatcher`` answers it)
 PING_METHOD = "Status.Ping"
+
+
+def tune_tcp(transport: object) -> None:
+    """TCP keepalive on a port-8300 connection: a peer gone behind a network cut is found in the end."""
+    set_keepalive = getattr(transport, "setTcpKeepAlive", None)
+    if set_keepalive is not None:
+        set_keepalive(True)
 
 
 def _peer(protocol: Protocol) -> str:
@@ -161,8 +174,9 @@ class RPCServerProtocol(Protocol):
     The server end of an RPC connection (after its protocol byte).
 
     Requests run concurrently; each response is written when its handler is
-    done. A lost connection cancels the handlers still running (a blocking
-    query stops waiting).
+    done. A ``Cancel`` for a request in flight cancels its handler and no
+    answer is written; a lost connection cancels every handler still running
+    (either way a blocking query stops waiting and drops its watch).
     """
 
     log = Logger()
@@ -179,8 +193,13 @@ class RPCServerProtocol(Protocol):
         self._decoder = FrameDecoder(max_frame)
         self._max_frame = max_frame
         self._max_in_flight = max_in_flight
-        self._in_flight: set[Deferred[Response]] = set()
+        self._in_flight: dict[int, Deferred[Response]] = {}
         self._closed = False
+
+    @property
+    def in_flight(self) -> int:
+        """Requests whose handler is still running."""
+        return len(self._in_flight)
 
     def dataReceived(self, data: bytes) -> None:
         try:
@@ -204,7 +223,7 @@ class RPCServerProtocol(Protocol):
         if self._closed:
             return
         try:
-            request = Request.from_wire(payload)
+            request = client_frame_from_wire(payload)
         except MalformedFrame as e:
             self.stats["malformed_frames"] += 1
             request_id = Request.id_of(payload)
@@ -217,6 +236,14 @@ class RPCServerProtocol(Protocol):
             if request_id is not None:
                 self._respond(Response(request_id, error_to_wire(e)))
             return
+        if isinstance(request, Cancel):
+            self._cancel(request.id)
+            return
+        if request.id in self._in_flight:
+            self.stats["duplicate_ids"] += 1
+            duplicate = BadRequest(f"request ID {request.id} is in flight already")
+            self._respond(Response(request.id, error_to_wire(duplicate)))
+            return
         if len(self._in_flight) >= self._max_in_flight:
             self.stats["busy"] += 1
             busy = RPCError(f"more than {self._max_in_flight} requests in flight")
@@ -226,13 +253,24 @@ class RPCServerProtocol(Protocol):
         if d.called:
             d.addCallback(self._respond)
             return
-        self._in_flight.add(d)
+        self._in_flight[request.id] = d
 
         def done(response: Response) -> None:
-            self._in_flight.discard(d)
-            self._respond(response)
+            if self._in_flight.get(request.id) is d:
+                del self._in_flight[request.id]
+                self._respond(response)
+            # else cancelled: the client wants no answer
 
         d.addCallback(done)
+
+    def _cancel(self, request_id: int) -> None:
+        d = self._in_flight.pop(request_id, None)
+        if d is None:
+            # answered already (the answer and the cancel crossed), or never asked
+            self.stats["late_cancels"] += 1
+            return
+        self.stats["cancelled"] += 1
+        d.cancel()
 
     def _respond(self, response: Response) -> None:
         if self._closed or self.transport is None:
@@ -256,8 +294,8 @@ class RPCServerProtocol(Protocol):
                 peer=_peer(self),
                 n=self._decoder.pending,
             )
-        in_flight, self._in_flight = self._in_flight, set()
-        for d in in_flight:
+        in_flight, self._in_flight = self._in_flight, {}
+        for d in in_flight.values():
             d.cancel()
 
 
@@ -393,9 +431,7 @@ class RPCClientProtocol(Protocol):
 
     def connectionMade(self) -> None:
         assert self.transport is not None
-        set_keepalive = getattr(self.transport, "setTcpKeepAlive", None)
-        if set_keepalive is not None:
-            set_keepalive(True)
+        tune_tcp(self.transport)
         self.transport.write(bytes([PROTOCOL_RPC]))
 
     # -- liveness ---------------------------------------------------------------------
@@ -473,7 +509,8 @@ class RPCClientProtocol(Protocol):
             return fail(BadRequest(f"cannot encode the body of {method}: {e}"))
 
         def cancel(d: Deferred[Any]) -> None:
-            self._forget(request_id)
+            if self._forget(request_id) is not None:
+                self._send_cancel(request_id)
 
         d: Deferred[Any] = Deferred(canceller=cancel)
         pending = _Pending(method, d)
@@ -491,12 +528,20 @@ class RPCClientProtocol(Protocol):
         self._waiting_changed()
         return pending
 
+    def _send_cancel(self, request_id: int) -> None:
+        """Tell the server to stop working on a request nobody waits for any more."""
+        if self.closed or self.transport is None:
+            return
+        self.stats["cancels_sent"] += 1
+        self.transport.write(encode_frame(Cancel(request_id).to_wire(), self._max_frame))
+
     def _timed_out(self, request_id: int, timeout: float) -> None:
         pending = self._pending.pop(request_id, None)
         self._waiting_changed()
         if pending is not None:
             pending.timer = None
             self.stats["timeouts"] += 1
+            self._send_cancel(request_id)
             pending.deferred.errback(
                 RPCTimeout(f"{pending.method} got no answer within {timeout:g}s")
             )

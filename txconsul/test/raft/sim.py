@@ -674,13 +674,18 @@ class Simulation:
         for handle in list(self._open):
             self._info(handle)
 
-    def check_linearizable(self, timeout: float = 10.0) -> None:
-        """Run the history through txconsul.testing.linearizability (ImportError if absent)."""
+    def check_linearizable(self, timeout: float = 10.0) -> Any:
+        """
+        Run the history through txconsul.testing.linearizability: a violation
+        raises ``SafetyViolation``; the verdict is returned (``UNKNOWN`` when
+        the search ran out of time: the caller decides what that proves).
+        """
         from txconsul.testing import linearizability as lin
 
         result = lin.check(lin.KVModel(), [op.to_operation() for op in self.ops], timeout=timeout)
         if result.verdict is lin.Verdict.NOT_LINEARIZABLE:
             raise self.fail("history not linearizable:\n" + result.explain())
+        return result.verdict
 
 
 def _entry_key(e: Entry) -> bytes:

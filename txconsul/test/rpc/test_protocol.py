@@ -32,6 +32,7 @@ from txconsul.rpc.errors import (
     error_from_wire,
 )
 from txconsul.rpc.framing import (
+    Cancel,
     FrameDecoder,
     Request,
     Response,
@@ -185,6 +186,51 @@ class ConnectedTests(SynchronousTestCase):
         self.failureResultOf(d)
         self.assertEqual(self.client.in_flight, 0)
 
+    def test_a_cancelled_call_cancels_the_handler_on_the_server(self) -> None:
+        d = self.call("KVS.Slow", "abandoned")
+        self.assertEqual(self.factory.in_flight(), 1)
+        d.cancel()
+        self.pump.flush()
+        self.failureResultOf(d)
+        self.assertEqual(self.handlers.cancelled, ["abandoned"])
+        self.assertEqual(self.factory.in_flight(), 0)
+        self.assertEqual(self.client.stats["cancels_sent"], 1)
+        self.assertEqual(self.factory.stats["cancelled"], 1)
+        # no answer comes back for it, and the connection serves on
+        self.assertEqual(self.client.stats["late_responses"], 0)
+        self.assertIs(self.successResultOf(self.call("Status.Ping")), True)
+
+    def test_a_timed_out_call_cancels_the_handler_on_the_server(self) -> None:
+        d = self.call("KVS.Slow", "slow", timeout=5)
+        self.clock.advance(5)
+        self.pump.flush()
+        self.failureResultOf(d, RPCTimeout)
+        self.assertEqual(self.handlers.cancelled, ["slow"])
+        self.assertEqual(self.factory.in_flight(), 0)
+
+    def test_a_cancel_crossing_the_answer_changes_nothing(self) -> None:
+        d = self.client.call("KVS.Slow", "crossed")
+        self.pump.flush()
+        self.handlers.waiting["crossed"].callback("answer")  # written, not yet delivered
+        d.cancel()
+        self.pump.flush()
+        self.failureResultOf(d)
+        self.assertEqual(self.handlers.cancelled, [])
+        self.assertEqual(self.factory.stats["late_cancels"], 1)
+        self.assertEqual(self.client.stats["late_responses"], 1)
+        self.assertIs(self.successResultOf(self.call("Status.Ping")), True)
+
+    def test_many_cancelled_calls_leave_nothing_in_flight(self) -> None:
+        calls = [self.client.call("KVS.Slow", i) for i in range(100)]
+        self.pump.flush()
+        self.assertEqual(self.factory.in_flight(), 100)
+        for d in calls:
+            d.cancel()
+            d.addErrback(lambda _: None)
+        self.pump.flush()
+        self.assertEqual(self.factory.in_flight(), 0)
+        self.assertEqual(sorted(self.handlers.cancelled), list(range(100)))
+
     def test_connection_loss_fails_every_pending_call(self) -> None:
         calls = [self.call("KVS.Slow", i, timeout=30) for i in range(3)]
         self.server.transport.loseConnection()
@@ -289,6 +335,23 @@ class ServerGarbageTests(SynchronousTestCase):
         assert response.error is not None
         self.assertTrue(response.error.startswith("Malformed frame: "))
         self.assertEqual(self.factory.stats["malformed_frames"], 1)
+
+    def test_a_cancel_for_nothing_in_flight_is_ignored(self) -> None:
+        self.proto.dataReceived(b"\x00" + encode_frame(Cancel(42).to_wire()))
+        self.assertEqual(self.transport.value(), b"")
+        self.assertEqual(self.factory.stats["late_cancels"], 1)
+        self.proto.dataReceived(request_frame("KVS.Apply", 1, "ok"))
+        self.assertEqual(responses(self.transport), [Response(1, None, "ok")])
+
+    def test_a_request_id_already_in_flight_is_refused(self) -> None:
+        self.dispatcher.register("KVS.Wait", lambda body: Deferred())
+        self.proto.dataReceived(b"\x00" + request_frame("KVS.Wait", 7))
+        self.proto.dataReceived(request_frame("KVS.Wait", 7))
+        [response] = responses(self.transport)
+        self.assertEqual(response.id, 7)
+        assert response.error is not None
+        self.assertIn("in flight already", response.error)
+        self.assertEqual(self.factory.stats["duplicate_ids"], 1)
 
     def test_garbled_frame_is_dropped_and_the_next_served(self) -> None:
         with capturedLogs() as events:
