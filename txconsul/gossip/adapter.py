@@ -63,12 +63,15 @@ class Codec:
     """
     Packet and stream framing for one pool: compression, CRC, encryption.
 
-    :param compress: LZW-compress TCP streams (as serf does).
+    :param compress: LZW-compress TCP streams, as serf does.
     :param compress_packets: also try LZW on every UDP packet, as memberlist
-        does with EnableCompression. Off by default: in pure Python it costs
-        about 0.7 ms per full 1,400-byte packet each way, the largest CPU cost
-        of a pool converging, to save about half the bytes. Compressed packets
-        from peers are decoded either way.
+        does with EnableCompression.
+
+    Both are off in the pools (``GossipConfig.compress_streams`` and
+    ``compress_packets``): LZW in pure Python costs about 0.7 ms per full
+    1,400-byte packet and 3 ms per 10 KB push/pull each way, the largest CPU
+    costs of a pool converging, to save about half the bytes. Compressed
+    packets and streams from peers are decoded either way.
     """
 
     def __init__(
@@ -382,6 +385,7 @@ class GossipPool(Service):
     :param reactor: provides ``IReactorUDP``, ``IReactorTCP`` and ``IReactorTime``.
     :param monotonic: the core's clock (``time.monotonic`` in production).
     :param port: 0 picks a free port (UDP first, then TCP on the same number).
+    :param compress: LZW on outgoing streams; by default ``config.compress_streams``.
     :param advertise: the IP address other members reach this one at (Consul's
         ``advertise_addr``; a NAT's public side, say), with the bound port;
         by default the bound address itself.
@@ -400,7 +404,7 @@ class GossipPool(Service):
         rng: random.Random | None = None,
         delegate: Delegate | None = None,
         keyring: Keyring | None = None,
-        compress: bool = True,
+        compress: bool | None = None,
         advertise: str | None = None,
     ) -> None:
         self._reactor = reactor
@@ -414,6 +418,8 @@ class GossipPool(Service):
             self._config = _with_encryption(self._config)
         self._rng = rng if rng is not None else random.Random()
         self._delegate = delegate
+        if compress is None:
+            compress = self._config.compress_streams
         self.codec = Codec(keyring, compress, self._config.compress_packets)
         self.node: GossipNode | None = None
         #: why the last join through an address was refused (by either side)

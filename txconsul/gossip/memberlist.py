@@ -82,9 +82,11 @@ class GossipConfig:
     tcp_timeout: float = 10.0
     disable_tcp_pings: bool = False
     encrypted: bool = False
-    #: LZW on UDP packets (memberlist's EnableCompression); streams are always
-    #: compressed. Off: see ``txconsul.gossip.adapter.Codec``.
+    #: LZW on UDP packets and on push/pull and ping streams (memberlist's
+    #: EnableCompression, which does both). Off: see
+    #: ``txconsul.gossip.adapter.Codec``; compressed input is read either way.
     compress_packets: bool = False
+    compress_streams: bool = False
     #: Lifeguard switches, on by default; off gives plain SWIM for comparisons.
     awareness: bool = True
     dynamic_suspicion: bool = True

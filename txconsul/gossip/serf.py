@@ -9,6 +9,7 @@ appends what the application should see to ``events``.
 from __future__ import annotations
 
 import enum
+import functools
 import math
 import random
 import re
@@ -106,6 +107,12 @@ def encode_tags(tags: Mapping[str, str]) -> bytes:
 
 def decode_tags(meta: bytes) -> dict[str, str]:
     """Tags from node meta; meta without the magic byte is the legacy role string."""
+    return dict(_decode_tags(meta))
+
+
+@functools.lru_cache(maxsize=4096)
+def _decode_tags(meta: bytes) -> dict[str, str]:
+    """``decode_tags``, kept: every member's meta arrives again and again (never mutate)."""
     if not meta or meta[0] != TAG_MAGIC:
         return {"role": meta.decode("utf-8", "replace")}
     try:

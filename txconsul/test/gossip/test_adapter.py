@@ -152,6 +152,23 @@ class LoopbackTests(TestCase):
 
         await self.wait_for(declared_dead, limit=15)
 
+    async def test_compressing_and_plain_pools_read_each_other(self) -> None:
+        plain = self.start_pool("plain")
+        self.assertFalse(plain.codec.compress or plain.codec.compress_packets)
+        squeezed = GossipPool(
+            reactor,
+            time.monotonic,
+            "squeezed",
+            config=attrs.evolve(FAST, compress_streams=True, compress_packets=True),
+            rng=random.Random(2),
+        )
+        squeezed.startService()
+        self.addCleanup(squeezed.stopService)
+        self.assertTrue(squeezed.codec.compress and squeezed.codec.compress_packets)
+        self.assertEqual(await squeezed.join([plain.address()]), 1)
+        self.assertEqual(await plain.join([squeezed.address()]), 1)
+        await self.wait_for(lambda: self.alive_everywhere([plain, squeezed]))
+
     async def test_join_with_the_wrong_key_fails(self) -> None:
         a = self.start_pool("a", Keyring([KEY]))
         b = self.start_pool("b", Keyring([OTHER]))

@@ -418,6 +418,18 @@ class BroadcastTests(SynchronousTestCase):
         sends = sum(len(queue.get(2, 1400, 3)) for _ in range(10))
         self.assertEqual(sends, 4)
 
+    def test_a_small_broadcast_long_gone_stops_no_scan_early(self) -> None:
+        """The bound that ends a scan early follows the queue's smallest item."""
+        queue: BroadcastQueue[str] = BroadcastQueue(1)
+        queue.queue("small", 10)
+        self.assertEqual(queue.get(2, 100, 3), ["small"])  # sent its one time: gone
+        for i in range(50):
+            queue.queue(f"big-{i}", 300)
+        self.assertEqual(queue.get(2, 400, 3), ["big-49"])  # newest first among equals
+        # the scan saw every item: no item of 10 bytes is left to wait for
+        self.assertEqual(queue._min_size, 300)
+        self.assertEqual(len(queue.get(2, 1000, 3)), 3)
+
     def test_keyed_broadcast_replaces_the_older_one(self) -> None:
         queue: BroadcastQueue[str] = BroadcastQueue(4)
         queue.queue("old", 10, key="n2")
