@@ -223,6 +223,8 @@ class Delegate(Protocol):
     def notify_leave(self, now: float, node: Node) -> None: ...
     def notify_update(self, now: float, node: Node) -> None: ...
     def ack_payload(self) -> bytes | None: ...
+    def notify_merge(self, nodes: Sequence[PushNodeState]) -> str | None: ...
+    def notify_alive(self, alive: Alive) -> str | None: ...
 
 
 class NullDelegate:
@@ -257,6 +259,18 @@ class NullDelegate:
 
     def ack_payload(self) -> bytes | None:
         return None
+
+    def notify_merge(self, nodes: Sequence[PushNodeState]) -> str | None:
+        """memberlist's MergeDelegate: a reason to refuse a push/pull's members, or ``None``."""
+        return None
+
+    def notify_alive(self, alive: Alive) -> str | None:
+        """memberlist's AliveDelegate: a reason to ignore an alive message, or ``None``."""
+        return None
+
+
+class MergeRefused(Exception):
+    """The delegate refused the members of a push/pull (``notify_merge``); nothing was merged."""
 
 
 @attrs.define
@@ -324,6 +338,8 @@ class Memberlist:
         self._shared_push: SharedPush | None = None
         self.leaving = False
         self.stopped = False
+        #: alive messages the delegate refused (``notify_alive``)
+        self.refused_alive = 0
         me = Node(
             name,
             ip_bytes(address[0]),
@@ -484,6 +500,9 @@ class Memberlist:
             entries = [n for n in entries if id(n) not in mine]
         if not self._versions_compatible(entries):
             raise MalformedPacket("incompatible protocol versions in push/pull")
+        refusal = self.delegate.notify_merge(remote.nodes)
+        if refusal is not None:
+            raise MergeRefused(refusal)
         nodes = self.nodes
         alive = int(MemberState.ALIVE)
         for n in entries:
@@ -837,6 +856,9 @@ class Memberlist:
         ):
             return  # old news: the common case in a gossip storm
         if not _vsn_ok(alive.vsn):
+            return
+        if alive.node != self.name and self.delegate.notify_alive(alive) is not None:
+            self.refused_alive += 1
             return
         if node is not None and node.addr == alive.addr and node.port == alive.port:
             address = node.address

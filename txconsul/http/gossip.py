@@ -46,7 +46,8 @@ def install(app: Klein, api: HTTPApi) -> None:
 
         def joined(n: int) -> bytes:
             if not n:
-                raise JoinFailed(f"Failed to join {address}: no agent answered there")
+                why = membership.join_refusal(address, wan) or "no agent answered there"
+                raise JoinFailed(f"Failed to join {address}: {why}")
             return b""
 
         return membership.join([address], wan).addCallback(joined)

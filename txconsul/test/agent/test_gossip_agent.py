@@ -19,7 +19,12 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from txconsul.agent.agent import Agent
-from txconsul.agent.membership import JoinFailed, parse_join_address
+from txconsul.agent.membership import (
+    JoinFailed,
+    lan_merge_check,
+    parse_join_address,
+    wan_merge_check,
+)
 from txconsul.errors import BadRequest
 from txconsul.gossip.keyring import KeyringError
 from txconsul.rpc.protocol import RPCClient
@@ -331,6 +336,67 @@ class WANTests(GossipAgentTestCase):
         self.assertEqual(await self.members(c1, "?wan=1"), {})
         code, _ = await self.http(c1, "PUT", "/v1/agent/join/127.0.0.1:1?wan=1")
         self.assertEqual(code, 400)
+
+
+class MergeRuleTests(GossipAgentTestCase):
+    """Consul's merge delegates: a LAN pool per datacenter, a WAN pool of servers."""
+
+    def test_lan_rules(self) -> None:
+        check = lan_merge_check("dc1", "id-1", "a")
+        ok = [
+            ("a", {"role": "node", "dc": "dc1", "id": "id-1"}),
+            ("b", {"role": "consul", "dc": "dc1", "id": "id-2"}),
+            ("plain-serf", {"role": "web"}),
+            ("A", {"role": "node", "dc": "dc1", "id": "id-1"}),  # names compare without case
+        ]
+        self.assertIsNone(check(ok[:3]))
+        self.assertIsNone(check(ok[3:]))
+        for members, why in (
+            ([("c", {"role": "node", "dc": "dc2"})], "Member 'c' part of wrong datacenter 'dc2'"),
+            (
+                [("s", {"role": "consul", "dc": "east"})],
+                "Member 's' part of wrong datacenter 'east'",
+            ),
+            ([("c", {"role": "node"})], "Member 'c' part of wrong datacenter ''"),
+            (
+                [("c", {"role": "node", "dc": "dc1", "id": "id-1"})],
+                "Member 'c' has conflicting node ID 'id-1' with this agent's ID",
+            ),
+            (
+                [("b", {"id": "id-9"}), ("c", {"id": "id-9"})],
+                "Member 'c' has conflicting node ID 'id-9' with member 'b'",
+            ),
+            (
+                [("c", {"role": "node", "dc": "dc1", "segment": "alpha"})],
+                "Member 'c' part of wrong segment 'alpha' (expected '')",
+            ),
+        ):
+            self.assertEqual(check(members), why)
+
+    def test_wan_rule(self) -> None:
+        self.assertIsNone(wan_merge_check([("s1.dc1", {"role": "consul", "dc": "dc1"})]))
+        for tags in ({"role": "node", "dc": "dc1"}, {"role": "web"}, {}):
+            self.assertEqual(wan_merge_check([("x", tags)]), "Member 'x' is not a server")
+
+    async def test_an_agent_of_another_datacenter_cannot_join_the_lan_pool(self) -> None:
+        s1 = await self.agent("s1", server=True)
+        c2 = await self.agent("c2", datacenter="dc2")
+        code, reason = await self.http(c2, "PUT", f"/v1/agent/join/{lan(s1)}")
+        self.assertEqual(code, 500)
+        self.assertIn(
+            f"Failed to join {lan(s1)}: Member 'c2' part of wrong datacenter 'dc2'", reason
+        )
+        self.assertEqual(set(await self.members(s1)), {"s1"})
+        self.assertEqual(set(await self.members(c2)), {"c2"})
+
+    async def test_only_servers_join_the_wan_pool(self) -> None:
+        s1 = await self.agent("s1", server=True)
+        c1 = await self.agent("c1")
+        # a client's LAN pool knocking at a server's WAN port
+        code, reason = await self.http(c1, "PUT", f"/v1/agent/join/{wan(s1)}")
+        self.assertEqual(code, 500)
+        self.assertIn("Member 'c1' is not a server", reason)
+        self.assertEqual(set(await self.members(s1, "?wan=1")), {"s1.dc1"})
 
 
 class AdvertiseTests(GossipAgentTestCase):

@@ -10,6 +10,7 @@ import random
 import time
 from collections.abc import Callable
 
+import attrs
 from twisted.internet import reactor  # noqa: TID251 (real-socket test)
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -157,3 +158,35 @@ class LoopbackTests(TestCase):
         joined = await b.join([a.address()])
         self.assertEqual(joined, 0)
         self.assertNotIn("a", b.core.nodes)
+
+    async def test_stopping_ends_the_streams_in_flight(self) -> None:
+        """A push/pull to a peer that never answers ends when the pool stops, not at its timeout."""
+        from twisted.internet.defer import Deferred
+        from twisted.internet.protocol import Factory, Protocol
+
+        gone: Deferred[None] = Deferred()
+        accepted: Deferred[None] = Deferred()
+
+        class Silent(Protocol):
+            def connectionMade(self) -> None:
+                accepted.callback(None)
+
+            def connectionLost(self, reason: object = None) -> None:
+                gone.callback(None)
+
+        port = reactor.listenTCP(0, Factory.forProtocol(Silent), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        config = attrs.evolve(FAST, tcp_timeout=10.0)
+        pool = GossipPool(reactor, time.monotonic, "a", config=config, rng=random.Random(1))
+        started = time.monotonic()
+        pool.startService()
+        self.addCleanup(lambda: pool.stopService() if pool.running else None)
+        joined = pool.join([("127.0.0.1", port.getHost().port)])
+        await accepted
+        node = pool.node
+        assert node is not None
+        await self.wait_for(lambda: len(node.streams) == 1)
+        await pool.stopService()
+        self.assertEqual(await joined, 0)
+        await gone
+        self.assertLess(time.monotonic() - started, config.tcp_timeout / 2)
