@@ -248,7 +248,9 @@ class TxconsulCluster(Cluster):
         for s in servers:
             join = [o.lan_address for o in servers if o is not s]
             argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
-            argv += ["-n", "--pidfile=", "txconsul", *s.args(join)]
+            # args() leaves the ports out (spawn_twistd adds them in the tests)
+            ports = [a for flag, port in s.ports.items() for a in (f"--{flag}", str(port))]
+            argv += ["-n", "--pidfile=", "txconsul", *ports, *s.args(join)]
             counter = tmp / f"fsyncs-{s.name}"
             env = {"LD_PRELOAD": str(shim), "FSYNC_COUNTER": str(counter)} if shim else {}
             self.members.append(

@@ -59,6 +59,8 @@ class AgentConfig:
     client_addr: str = "127.0.0.1"
     bind_addr: str = "127.0.0.1"
     advertise_addr: str = ""
+    #: the address a server's WAN pool advertises (Consul's ``advertise_addr_wan``)
+    advertise_addr_wan: str = ""
     ports: Mapping[str, int] = attrs.field(factory=lambda: dict(DEFAULT_PORTS))
     data_dir: str | None = None
     join: tuple[str, ...] = ()
@@ -83,6 +85,9 @@ class AgentConfig:
     dns: DNSConfig = attrs.field(factory=DNSConfig)
     node_meta: Mapping[str, str] = attrs.field(factory=dict)
     kv_max_value_size: int = 512 * 1024
+    #: Consul's ``raft_snapshot_threshold`` and ``raft_trailing_logs`` (None: Raft's defaults)
+    raft_snapshot_threshold: int | None = None
+    raft_trailing_logs: int | None = None
     enable_script_checks: bool = False
     enable_local_script_checks: bool = False
     check_update_interval: float = 300.0
@@ -94,6 +99,11 @@ class AgentConfig:
     def advertise(self) -> str:
         """The address other agents and clients reach this one at."""
         return self.advertise_addr or self.bind_addr
+
+    @property
+    def advertise_wan(self) -> str:
+        """The address a server's WAN pool members reach it at."""
+        return self.advertise_addr_wan or self.advertise
 
     @property
     def rpc_address(self) -> str:
@@ -233,7 +243,7 @@ def build(raw: Mapping[str, Any], what: str = "configuration") -> AgentConfig:
     kw["node_name"] = node
     if "node_id" in raw:
         kw["node_id"] = _type(raw, "node_id", str, what)
-    for key in ("client_addr", "bind_addr", "advertise_addr"):
+    for key in ("client_addr", "bind_addr", "advertise_addr", "advertise_addr_wan"):
         if raw.get(key):
             kw[key] = _address(_type(raw, key, str, what), key, what)
     ports = dict(DEFAULT_PORTS)
@@ -338,6 +348,11 @@ def build(raw: Mapping[str, Any], what: str = "configuration") -> AgentConfig:
         kw["kv_max_value_size"] = _type(raw, "kv_max_value_size", int, what)
         if kw["kv_max_value_size"] <= 0:
             raise ConfigError(f"{what}: kv_max_value_size must be positive")
+    for key in ("raft_snapshot_threshold", "raft_trailing_logs"):
+        if key in raw:
+            kw[key] = _type(raw, key, int, what)
+            if kw[key] <= 0:
+                raise ConfigError(f"{what}: {key} must be positive")
     services = []
     for i, body in enumerate(raw.get("services", [])):
         try:

@@ -29,10 +29,12 @@ from txconsul.agent.endpoints import read_node_state
 from txconsul.agent.listeners import TCPListener
 from txconsul.agent.local import LocalState
 from txconsul.agent.membership import Membership
-from txconsul.agent.remote import Remote, RemoteConsensus
+from txconsul.agent.remote import Remote, RemoteConsensus, leads
 from txconsul.agent.servers import ServerConsensus, Servers
+from txconsul.clock import wall_time
 from txconsul.config import AgentConfig
-from txconsul.dns.remote import RemoteAuthority
+from txconsul.dns.authority import ConsulAuthority
+from txconsul.dns.remote import LeaderAuthority, RemoteAuthority
 from txconsul.dns.server import DNSService
 from txconsul.errors import ConfigError, TxConsulError
 from txconsul.gossip.serf import MemberEvent
@@ -108,16 +110,20 @@ class Agent(MultiService):
         reactor: Any,
         rng: random.Random | None = None,
         shutdown: Callable[[], object] | None = None,
+        wall: Callable[[], float] = wall_time,
     ) -> None:
         """
         :param shutdown: ends the agent after ``/v1/agent/leave`` or a failed
             ``start_join``; the default only stops this service, ``tap.py``
             stops the reactor.
+        :param wall: the wall clock, for dates others read (the DNS SOA
+            serial); every duration is on ``reactor``'s monotonic clock.
         """
         super().__init__()
         self.shutdown = shutdown if shutdown is not None else self.stopService
         self.config = config
         self.reactor = reactor
+        self.wall = wall
         clock: IReactorTime = reactor
         tcp: IReactorTCP = reactor
         self.rng = rng if rng is not None else random.Random()
@@ -160,10 +166,19 @@ class Agent(MultiService):
         self.http.setServiceParent(self)
         self.dns: DNSService | None = None
         if config.ports["dns"] >= 0:
-            authority = None
+            authority: RemoteAuthority | LeaderAuthority | None = None
             if not config.server:
                 authority = RemoteAuthority(self.remote.call, config)
-            self.dns = DNSService(reactor, self.store, self.consensus, config, self.rng, authority)
+            elif not config.dns.allow_stale and not config.dev:
+                # only the leader answers: a follower asks it (a dev agent always leads)
+                authority = LeaderAuthority(
+                    ConsulAuthority(self.store, self.consensus, config, wall, self.rng),
+                    RemoteAuthority(self.remote.call, config, hop=True),
+                    lambda: leads(self),
+                )
+            self.dns = DNSService(
+                reactor, self.store, self.consensus, config, self.rng, authority, wall
+            )
             self.dns.setName("dns")
             self.dns.setServiceParent(self)
         self._ready = False

@@ -13,7 +13,11 @@ The RPC methods a server offers to client agents and to other servers.
   anti-entropy of its agent (the leader's view, so that an agent never
   corrects its entries after a lagging copy of them).
 - ``DNS.Lookup``: a question in the client's domain, answered from this
-  server's catalog with the client's DNS settings.
+  server's catalog with the client's DNS settings; with ``allow_stale``
+  false, the leader's (a follower sends it on, as a hop).
+- ``Internal.KeyringOperation``: a keyring operation on every pool
+  (``txconsul.agent.keyring``), from an agent or, ``Forwarded``, from a
+  server of another datacenter.
 """
 
 from __future__ import annotations
@@ -23,9 +27,15 @@ from typing import TYPE_CHECKING, Any
 import attrs
 from twisted.internet.defer import Deferred, fail, succeed
 
+from txconsul.agent import keyring
 from txconsul.agent.remote import check_lease, leads
 from txconsul.dns.authority import Answer, ConsulAuthority
-from txconsul.dns.remote import answer_to_wire, config_key, dns_config_from_wire
+from txconsul.dns.remote import (
+    LOOKUP_TIMEOUT,
+    answer_to_wire,
+    config_key,
+    dns_config_from_wire,
+)
 from txconsul.errors import BadRequest, NoLeader
 from txconsul.http.remote import WireRequest, serve
 from txconsul.raft.core import NotLeader
@@ -88,6 +98,9 @@ class ServerEndpoints:
         dispatcher.register("Catalog.Deregister", self.deregister)
         dispatcher.register("Catalog.NodeState", self.node_state)
         dispatcher.register("DNS.Lookup", self.dns_lookup)
+        dispatcher.register(
+            "Internal.KeyringOperation", lambda body: keyring.handle_rpc(self._agent, body)
+        )
 
     def http(self, body: Any) -> Deferred[dict[str, Any]]:
         call = WireRequest.from_wire(body)
@@ -115,7 +128,12 @@ class ServerEndpoints:
             return fail(BadRequest("Catalog.NodeState takes {'Node': name}"))
         return read_node_state(self._agent, name, hop=bool(body.get("Hop")))
 
-    def dns_lookup(self, body: Any) -> dict[str, Any]:
+    def dns_lookup(self, body: Any) -> dict[str, Any] | Deferred[Any]:
+        """
+        A question from an agent's DNS interface. With ``allow_stale`` false it
+        is the leader's (the answer is then as fresh as a default-mode read): a
+        follower sends it on to the leader, marked as a hop.
+        """
         if not isinstance(body, dict):
             raise BadRequest("DNS.Lookup takes a map")
         name, qtype = body.get("Name"), body.get("Type")
@@ -125,6 +143,14 @@ class ServerEndpoints:
         if not isinstance(domain, str) or not isinstance(dc, str):
             raise BadRequest("DNS.Lookup: Domain and Datacenter must be strings")
         authority = self._authority(domain, dc, body.get("Config"))
+        agent = self._agent
+        if not authority.allow_stale and not leads(agent):
+            if body.get("Hop"):
+                raise NotLeader(agent.consensus.leader_address())
+            sent: Deferred[Any] = agent.remote.call(
+                "DNS.Lookup", {**body, "Hop": True}, idempotent=True, timeout=LOOKUP_TIMEOUT
+            )
+            return sent
         answer: Answer = authority.lookup(name, qtype)
         return answer_to_wire(answer)
 
@@ -139,7 +165,7 @@ class ServerEndpoints:
             agent = self._agent
             settings = attrs.evolve(agent.config, domain=domain, datacenter=dc, dns=config)
             authority = ConsulAuthority(
-                agent.store, agent.consensus, settings, agent.reactor, agent.rng
+                agent.store, agent.consensus, settings, agent.wall, agent.rng
             )
             self._authorities[key] = authority
         return authority

@@ -36,6 +36,7 @@ from txconsul.gossip.serf import (
     Member,
     MemberEvent,
     MemberStatus,
+    MergeCheck,
     QueryHandle,
     Serf,
     UserEvent,
@@ -71,6 +72,7 @@ class ConsulSerf(Serf):
         snapshot: snapshot.SnapshotFile | None = None,
         keyring: Keyring | None = None,
         save_keyring: Callable[[Keyring], None] | None = None,
+        merge: MergeCheck | None = None,
     ) -> None:
         super().__init__(
             name,
@@ -79,6 +81,7 @@ class ConsulSerf(Serf):
             snapshot=snapshot,
             keyring=keyring,
             save_keyring=save_keyring,
+            merge=merge,
         )
         self.changed: Callable[[], None] = lambda: None
 
@@ -144,6 +147,43 @@ SNAPSHOT_FILES = {
     False: os.path.join("serf", "local.snapshot"),
     True: os.path.join("serf", "remote.snapshot"),
 }
+
+
+def lan_merge_check(datacenter: str, node_id: str, node_name: str) -> MergeCheck:
+    """
+    Consul's LAN merge rules (its ``lanMergeDelegate``): no Consul agent or
+    server of another datacenter, no member of a network segment, no member
+    with this agent's node ID under another name, no two members with one
+    node ID. Members that are not Consul agents (a plain serf agent) pass.
+    """
+
+    def check(members: list[tuple[str, dict[str, str]]]) -> str | None:
+        ids: dict[str, str] = {}
+        for name, tags in members:
+            node = tags.get("id", "")
+            if node:
+                if node == node_id and name.lower() != node_name.lower():
+                    return f"Member '{name}' has conflicting node ID '{node}' with this agent's ID"
+                other = ids.get(node)
+                if other is not None:
+                    return f"Member '{name}' has conflicting node ID '{node}' with member '{other}'"
+                ids[node] = name
+            if tags.get("role") in ("node", "consul") and tags.get("dc", "") != datacenter:
+                return f"Member '{name}' part of wrong datacenter '{tags.get('dc', '')}'"
+            segment = tags.get("segment", "")
+            if segment:
+                return f"Member '{name}' part of wrong segment '{segment}' (expected '')"
+        return None
+
+    return check
+
+
+def wan_merge_check(members: list[tuple[str, dict[str, str]]]) -> str | None:
+    """Consul's WAN rule (its ``wanMergeDelegate``): servers only."""
+    for name, tags in members:
+        if tags.get("role") != "consul":
+            return f"Member '{name}' is not a server"
+    return None
 
 
 def gossip_config(base: GossipConfig, overrides: Mapping[str, float]) -> GossipConfig:
@@ -247,7 +287,14 @@ class Membership(Service):
             state = snapshot.load(path, c.rejoin_after_leave)
             snap = snapshot.SnapshotFile(path, state, c.rejoin_after_leave)
         keyring, save = self._keyring(wan)
-        serf = ConsulSerf(name, self.tags(wan), config.retransmit_mult, snap, keyring, save)
+        merge = (
+            wan_merge_check
+            if wan
+            else lan_merge_check(c.datacenter, self._agent.node_id, c.node_name)
+        )
+        serf = ConsulSerf(
+            name, self.tags(wan), config.retransmit_mult, snap, keyring, save, self._logged(merge)
+        )
         if state.clock or state.event_clock or state.query_clock:
             serf.restore(state.clock, state.event_clock, state.query_clock)
         port = c.ports["serf_wan" if wan else "serf_lan"]
@@ -261,17 +308,40 @@ class Membership(Service):
             rng=random.Random(self._rng.random()),
             delegate=serf,
             keyring=keyring,
+            advertise=c.advertise_wan if wan else c.advertise,
         )
         pool = SerfPool(wan, serf, gossip, keyring, snap, state.rejoin())
         serf.changed = lambda: self._dispatch(pool)
         gossip.startService()
         self.log.info(
-            "gossip {which} pool {name} on {addr}",
+            "gossip {which} pool {name} on {addr}, advertised as {advertised}",
             which="WAN" if wan else "LAN",
             name=name,
             addr="%s:%d" % gossip.address(),
+            advertised="%s:%d" % gossip.advertised(),
         )
         return pool
+
+    def _logged(self, check: MergeCheck) -> MergeCheck:
+        """``check``, logging each refusal (at debug level once it was said)."""
+        said: set[str] = set()
+
+        def logged(members: list[tuple[str, dict[str, str]]]) -> str | None:
+            refusal = check(members)
+            if refusal is not None:
+                level = self.log.debug if refusal in said else self.log.warn
+                level("refused gossip from outside the pool: {why}", why=refusal)
+                if len(said) < 1024:
+                    said.add(refusal)
+            return refusal
+
+        return logged
+
+    def join_refusal(self, address: str, wan: bool = False) -> str | None:
+        """Why the last join through ``address`` was refused, if it was."""
+        pool = self.pool(wan)
+        default = DEFAULT_PORTS["serf_wan" if wan else "serf_lan"]
+        return pool.gossip.refusals.get(parse_join_address(address, default))
 
     def _keyring(self, wan: bool) -> tuple[Keyring | None, Callable[[Keyring], None] | None]:
         """
@@ -515,23 +585,24 @@ class Membership(Service):
 
     # -- keyring ----------------------------------------------------------------------
 
-    def keyrings(self) -> list[SerfPool]:
+    def keyrings(self, lan_only: bool = False) -> list[SerfPool]:
         """The pools with encryption on; ``TxConsulError`` when there is none."""
-        pools = [p for p in self.pools() if p.keyring is not None]
+        pools = [p for p in self.pools() if p.keyring is not None and not (lan_only and p.wan)]
         if not pools:
             raise TxConsulError("Gossip encryption is not enabled on this agent")
         return pools
 
     def keyring_operation(
-        self, op: str, key: bytes | None = None
+        self, op: str, key: bytes | None = None, lan_only: bool = False
     ) -> Deferred[list[tuple[SerfPool, KeyResponse]]]:
         """
         ``install``, ``use`` or ``remove`` ``key`` on every member of each
-        encrypted pool, or ``list`` their keys, through serf's internal key
-        queries; fires with each pool's summed-up answers once every member
-        answered or the query timed out.
+        encrypted pool (the LAN pool alone with ``lan_only``), or ``list``
+        their keys, through serf's internal key queries; fires with each
+        pool's summed-up answers once every member answered or the query
+        timed out. ``txconsul.agent.keyring`` runs it on the servers.
         """
-        pools = self.keyrings()
+        pools = self.keyrings(lan_only)
         queries = [self._key_query(pool, op, key) for pool in pools]
         return gatherResults(queries).addCallback(
             lambda answers: list(zip(pools, answers, strict=True))

@@ -8,10 +8,19 @@ agent's consensus: an alive member is registered with a passing
 member that left or was reaped is deregistered. Only the leader writes, and
 only about members of its own datacenter; the agent's own node is left to the
 agent.
+
+Events can be missed (a leader elected after them, a write lost with a
+leadership change), so the leader also runs a full pass, as Consul does: when
+it gains leadership and every ``RECONCILE_INTERVAL`` seconds after
+(``txconsul.agent.servers``). ``reconcile_commands`` compares every member
+with the catalog and returns only the writes that change something, plus a
+deregistration for each node of the catalog that has a ``serfHealth`` check
+but is no longer a member (reaped while no leader was listening).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
@@ -23,6 +32,11 @@ from txconsul.gossip.serf import Member, MemberEvent, MemberStatus
 if TYPE_CHECKING:
     from txconsul.agent.agent import Agent
     from txconsul.agent.membership import Event, SerfPool
+    from txconsul.state.catalog import Catalog
+
+#: seconds between two full passes of the leader (Consul's ``reconcile_interval``)
+RECONCILE_INTERVAL = 60.0
+SERF_HEALTH = "serfHealth"
 
 ALIVE_OUTPUT = "Agent alive and reachable"
 FAILED_OUTPUT = "Agent not live or unreachable"
@@ -69,6 +83,72 @@ def deregister_command(name: str, datacenter: str) -> dict[str, Any]:
     return {"Type": "deregister", "Request": {"Node": name, "Datacenter": datacenter}}
 
 
+def reconciled(member: Member, datacenter: str) -> bool:
+    """Whether the leader keeps ``member`` in the catalog (an agent of this datacenter)."""
+    return member.tags.get("dc", datacenter) == datacenter and member.tags.get("role") in (
+        "consul",
+        "node",
+    )
+
+
+def _in_step(member: Member, request: dict[str, Any], catalog: Catalog) -> bool:
+    """Whether the catalog already holds what registering ``request`` would write."""
+    name = member.name
+    node = catalog.nodes.get(name)
+    if node is None or node.get("Address") != request["Address"]:
+        return False
+    if request["ID"] and node.get("ID") != request["ID"]:
+        return False
+    check = request["Checks"][0]
+    known = catalog.checks.get(name, {}).get(SERF_HEALTH)
+    if known is None or (known.get("Status"), known.get("Output")) != (
+        check["Status"],
+        check["Output"],
+    ):
+        return False
+    service = request["Service"]
+    if service is not None:
+        row = catalog.services.get(name, {}).get(service["ID"])
+        if row is None or row.get("Port") != service["Port"]:
+            return False
+    return True
+
+
+def reconcile_commands(
+    members: Mapping[str, Member], catalog: Catalog, me: str, datacenter: str
+) -> list[tuple[str, dict[str, Any]]]:
+    """
+    A full pass: ``(node name, command)`` for every difference between the
+    LAN members and the catalog. An alive member gets its node with a passing
+    ``serfHealth`` (a server its ``consul`` service too), a failed one its
+    check critical, one that left is deregistered; a node of the catalog with
+    a ``serfHealth`` check that no member matches any more is deregistered.
+    ``me`` (this agent's node) is left to the agent.
+    """
+    out: list[tuple[str, dict[str, Any]]] = []
+    for name in sorted(members):
+        member = members[name]
+        if name == me or not reconciled(member, datacenter):
+            continue
+        if member.status in (MemberStatus.ALIVE, MemberStatus.FAILED):
+            command = register_command(member, datacenter, member.status == MemberStatus.ALIVE)
+            if not _in_step(member, command["Request"], catalog):
+                if (
+                    name in catalog.nodes
+                    and catalog.nodes[name].get("Address") == (member.address[0])
+                ):
+                    command["Request"]["SkipNodeUpdate"] = True  # its agent keeps the node
+                out.append((name, command))
+        elif member.status == MemberStatus.LEFT and name in catalog.nodes:
+            out.append((name, deregister_command(name, datacenter)))
+    for name in sorted(catalog.nodes):
+        if name == me or name in members:
+            continue
+        if SERF_HEALTH in catalog.checks.get(name, {}):
+            out.append((name, deregister_command(name, datacenter)))
+    return out
+
+
 class Reconciler:
     """Subscribe it to the agent's ``Membership``; it writes through ``agent.consensus``."""
 
@@ -93,9 +173,7 @@ class Reconciler:
         if event.kind == "member-reap" or member is None:
             self._apply(deregister_command(name, c.datacenter), name)
             return
-        if member.tags.get("dc", c.datacenter) != c.datacenter:
-            return
-        if member.tags.get("role") not in ("consul", "node"):
+        if not reconciled(member, c.datacenter):
             return
         if member.status in (MemberStatus.ALIVE, MemberStatus.FAILED):
             command = register_command(member, c.datacenter, member.status == MemberStatus.ALIVE)
@@ -106,6 +184,18 @@ class Reconciler:
             self._apply(command, name)
         elif member.status == MemberStatus.LEFT:
             self._apply(deregister_command(name, c.datacenter), name)
+
+    def reconcile_all(self, members: Mapping[str, Member]) -> int:
+        """The full pass (leader only): applies what differs; how many writes it made."""
+        if not self._agent.consensus.is_leader():
+            return 0
+        c = self._agent.config
+        commands = reconcile_commands(members, self._agent.store.catalog, c.node_name, c.datacenter)
+        for name, command in commands:
+            if command["Type"] == "deregister" and name not in members:
+                self.log.info("reaping node {name}: no longer a LAN member", name=name)
+            self._apply(command, name)
+        return len(commands)
 
     def _apply(self, command: dict[str, Any], name: str) -> None:
         d: Deferred[Any] = self._agent.consensus.apply(command)

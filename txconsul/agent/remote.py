@@ -75,6 +75,25 @@ def lan_servers(agent: Agent) -> list[str]:
     return sorted(out)
 
 
+def wan_servers(agent: Agent, dc: str) -> list[str]:
+    """``ip:port`` of the alive servers of datacenter ``dc`` in this server's WAN pool."""
+    pool = agent.membership.wan
+    if pool is None:
+        return []
+    out = []
+    for member in pool.serf.members.values():
+        tags = member.tags
+        port = tags.get("port", "")
+        if (
+            member.status == MemberStatus.ALIVE
+            and tags.get("role") == "consul"
+            and tags.get("dc") == dc
+            and port.isdigit()
+        ):
+            out.append(f"{member.address[0]}:{port}")
+    return sorted(out)
+
+
 def leads(agent: Agent) -> bool:
     """Whether this server is the leader (its lease may still have run out)."""
     consensus = agent.consensus
@@ -121,7 +140,8 @@ class Remote(Service):
     :param own_client: close ``client``'s connections when this stops (a
         client agent's pool is its own; a server shares its pool).
     :param servers: the servers to ask (``ip:port``); by default the alive
-        servers of the agent's LAN pool.
+        servers of the agent's LAN pool. Another datacenter's are the alive
+        servers of this server's WAN pool (``wan_servers``).
     """
 
     def __init__(
@@ -138,12 +158,13 @@ class Remote(Service):
         self._own_client = own_client
         self._leader = leader
         self._servers = servers or (lambda: lan_servers(agent))
+        ours = agent.config.datacenter
         self.forwarder = Forwarder(
             self._call,
             clock,
             rng,
-            agent.config.datacenter,
-            lambda dc: self._servers(),
+            ours,
+            lambda dc: self._servers() if dc == ours else wan_servers(agent, dc),
             leader=leader,
         )
         self._pending: set[Deferred[Any]] = set()
@@ -156,14 +177,22 @@ class Remote(Service):
         return self._client.call(address, method, body, timeout)
 
     def call(
-        self, method: str, body: Any, idempotent: bool = False, timeout: float = RPC_TIMEOUT
+        self,
+        method: str,
+        body: Any,
+        idempotent: bool = False,
+        timeout: float = RPC_TIMEOUT,
+        dc: str | None = None,
     ) -> Deferred[Any]:
-        """Call ``method`` on a server (the leader, on a server); retried as the module says."""
+        """
+        Call ``method`` on a server (the leader, on a server), or on a server
+        of datacenter ``dc``; retried as the module says.
+        """
         if not self.running:
             return fail(NoServers("No known Consul servers"))
-        if self._leader is None and not self._servers():
+        if dc is None and self._leader is None and not self._servers():
             return fail(NoServers("No known Consul servers"))
-        d = self.forwarder.forward(method, (body, timeout), idempotent=idempotent)
+        d = self.forwarder.forward(method, (body, timeout), dc=dc, idempotent=idempotent)
         self._pending.add(d)
 
         def done(result: object) -> object:

@@ -14,7 +14,12 @@ configuration:
   sorted voter list;
 - a server that finds another already in a cluster starts with no voters and
   waits for the leader to add it; with neither flag that is all a new server
-  does (as in Consul).
+  does (as in Consul);
+- a server whose Raft store holds a configuration (a restart) starts at once
+  from it, whatever its flags: the voter list a new cluster starts with is
+  the first thing its log store keeps (``PersistVoters``), so a server killed
+  right after it bootstrapped comes back a voter, and two servers of three
+  restarted with ``--bootstrap-expect 3`` elect a leader without the third.
 
 The leader then keeps the voters in step with the pool, one change at a time:
 alive servers are added, servers that left are removed. A server in
@@ -40,11 +45,11 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txconsul.agent.endpoints import ServerEndpoints
-from txconsul.agent.reconcile import Reconciler
+from txconsul.agent.reconcile import RECONCILE_INTERVAL, Reconciler
 from txconsul.errors import BadRequest, NoLeader, NotFound, TxConsulError
-from txconsul.gossip.serf import MemberEvent, MemberStatus
+from txconsul.gossip.serf import MemberStatus
 from txconsul.interfaces import IConsensus
-from txconsul.raft.core import NotLeader, Role
+from txconsul.raft.core import NotLeader, Role, Timing
 from txconsul.raft.logstore import ILogStore, MemoryLogStore, SQLiteLogStore, StoreFailed
 from txconsul.raft.node import RaftNode
 from txconsul.raft.transport import RaftTransport
@@ -169,7 +174,11 @@ class Servers(MultiService):
         self.reconciler = ClusterReconciler(agent)
         self.transport: RaftTransport | None = None
         self.node: RaftNode | None = None
+        self._idle_store: ILogStore | None = None
         self._loop: LoopingCall | None = None
+        self._reconcile_loop: LoopingCall | None = None
+        #: how often the leader runs the full catalog reconciliation
+        self.reconcile_interval = RECONCILE_INTERVAL
         self._polls: list[LoopingCall] = []
         self._deciding = False
         self._was_leader = False
@@ -190,9 +199,16 @@ class Servers(MultiService):
             self.transport.me = self.me
             self.listener.set_raft_handler(self.transport.handle_inbound)
         self.transport.startService()
-        if agent.config.bootstrap:
-            self._start_node([self.me])
-        elif not agent.config.bootstrap_expect:
+        store = self._store()
+        if self._configured(store):
+            # a restart: the disk says who the voters are, whatever the flags say
+            # (a server killed right after it bootstrapped included)
+            self._start_node([], store)
+        elif agent.config.bootstrap:
+            self._start_node([self.me], store)
+        else:
+            self._idle_store = store  # until the first configuration is known
+        if self.node is None and not agent.config.bootstrap_expect:
             self.log.info(
                 "no bootstrap or bootstrap_expect: waiting to be added to a cluster"
                 " (the agent is ready once it has a leader)"
@@ -202,12 +218,20 @@ class Servers(MultiService):
         self._loop.start(TICK, now=False).addErrback(
             lambda f: self.log.failure("server loop stopped", f)
         )
+        self._reconcile_loop = LoopingCall(self._reconcile_periodically)
+        self._reconcile_loop.clock = self._reactor
+        self._reconcile_loop.start(self.reconcile_interval, now=False).addErrback(
+            lambda f: self.log.failure("reconciliation loop stopped", f)
+        )
 
     def stopService(self) -> Deferred[Any]:
-        for loop in [self._loop, *self._polls]:
+        if self._idle_store is not None:
+            self._idle_store.close()
+            self._idle_store = None
+        for loop in [self._loop, self._reconcile_loop, *self._polls]:
             if loop is not None and loop.running:
                 loop.stop()  # a when_leader() still waiting never fires: the agent is stopping
-        self._loop = None
+        self._loop = self._reconcile_loop = None
         self._polls = []
         if self.transport is not None:
             self.transport.receive = None  # frames still arriving must not reach a stopped node
@@ -224,24 +248,51 @@ class Servers(MultiService):
             return MemoryLogStore()
         return SQLiteLogStore(f"{c.data_dir}/raft")
 
-    def _start_node(self, voters: list[str]) -> None:
+    def _configured(self, store: ILogStore) -> bool:
+        """
+        Whether ``store`` holds a configuration (a restart, not a new cluster).
+        A store that does not load counts as one: the node then refuses to
+        start and says why, instead of waiting for a bootstrap.
+        """
+        try:
+            return store.load().configured
+        except Exception:
+            return True
+
+    def _start_node(self, voters: list[str], store: ILogStore | None = None) -> None:
         assert self.transport is not None
-        self.log.info("raft starting at {me} with voters {voters}", me=self.me, voters=voters)
+        if store is None:
+            store, self._idle_store = self._idle_store, None
+        if voters:
+            self.log.info("raft starting at {me} with voters {voters}", me=self.me, voters=voters)
+        else:
+            self.log.info("raft starting at {me} from its log on disk", me=self.me)
         node = RaftNode(
             self.me,
             voters,
             self._agent.fsm,
-            self._store(),
+            store if store is not None else self._store(),
             self.transport,
             self._reactor,
             self._monotonic,
             random.Random(self._rng.random()),
+            self._timing(),
         )
         self.transport.receive = node.receive
         self.node = node
         # a service added to a running parent starts at once; stopping goes in
         # reverse order, so the node stops before the listener
         self.addService(node)
+
+    def _timing(self) -> Timing:
+        """Raft's timing, with the snapshot settings of the config where it has them."""
+        c = self._agent.config
+        timing = Timing()
+        if c.raft_snapshot_threshold is not None:
+            timing = attrs.evolve(timing, snapshot_threshold=c.raft_snapshot_threshold)
+        if c.raft_trailing_logs is not None:
+            timing = attrs.evolve(timing, trailing_logs=c.raft_trailing_logs)
+        return timing
 
     def when_leader(self) -> Deferred[None]:
         """
@@ -419,14 +470,20 @@ class Servers(MultiService):
             return  # one change at a time: the next tick retries
         self.log.info("raft voters becoming {voters}", voters=sorted(change))
 
-    def _reconcile_all(self) -> None:
-        """A new leader brings the catalog in step with every LAN member."""
+    def _reconcile_all(self) -> int:
+        """
+        Bring the catalog in step with every LAN member (a new leader at once,
+        then every ``reconcile_interval``): the writes it made.
+        """
         pool = self._agent.membership.lan
         if pool is None:
-            return
-        reconciler = self.reconciler
-        for name in list(pool.serf.members):
-            reconciler.reconcile(pool, MemberEvent("member-update", name))
+            return 0
+        return self.reconciler.reconcile_all(pool.serf.members)
+
+    def _reconcile_periodically(self) -> None:
+        node = self.node
+        if node is not None and node.core is not None and node.core.leading_with_current_commit():
+            self._reconcile_all()
 
     # -- RPC and operator -------------------------------------------------------------
 

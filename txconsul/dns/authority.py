@@ -15,11 +15,10 @@ from __future__ import annotations
 import functools
 import ipaddress
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import attrs
-from twisted.internet.interfaces import IReactorTime
 from twisted.names import dns
 
 from txconsul.config import AgentConfig
@@ -113,19 +112,25 @@ def meta_strings(meta: Row) -> list[bytes]:
 
 
 class ConsulAuthority:
-    """Answers questions about the ``consul`` domain from the catalog."""
+    """
+    Answers questions about the ``consul`` domain from the catalog.
+
+    :param wall: the wall clock (``txconsul.clock.wall_time``), for the SOA
+        serial: the agent's reactor runs on the monotonic clock, whose seconds
+        count from boot and would go back at every reboot.
+    """
 
     def __init__(
         self,
         store: StateStore,
         consensus: IConsensus,
         config: AgentConfig,
-        clock: IReactorTime,
+        wall: Callable[[], float],
         rng: random.Random,
     ) -> None:
         self._store = store
         self._consensus = consensus
-        self._clock = clock
+        self._wall = wall
         self._rng = rng
         self._config = config.dns
         self._dc = config.datacenter.lower()
@@ -135,6 +140,11 @@ class ConsulAuthority:
         self._cache: dict[tuple[bytes, int], Answer] = {}
         self._cached_catalog: object = None
         self._cached_stamp = (0, 0, 0)
+
+    @property
+    def allow_stale(self) -> bool:
+        """Whether any server may answer (``dns_config.allow_stale``), or only the leader."""
+        return self._config.allow_stale
 
     # -- entry point ----------------------------------------------------------
 
@@ -207,12 +217,12 @@ class ConsulAuthority:
     # -- the domain itself ----------------------------------------------------
 
     def soa(self) -> RR:
-        """The SOA of the domain; its serial is the current Unix time."""
+        """The SOA of the domain; its serial is the current Unix time, as Consul's."""
         d = self._domain_bytes
         record = dns.Record_SOA(
             mname=b"ns." + d,
             rname=b"hostmaster." + d,
-            serial=int(self._clock.seconds()) & 0xFFFFFFFF,
+            serial=int(self._wall()) & 0xFFFFFFFF,
             refresh=3600,
             retry=600,
             expire=86400,

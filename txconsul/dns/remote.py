@@ -8,11 +8,16 @@ client's own domain and DNS settings; the records come back as one DNS
 message (the wire format the records already have) beside the flags of the
 ``Answer``. Names outside the domain never leave the client: its own
 recursors answer them.
+
+With ``dns_config.allow_stale`` false a lookup is the leader's, as a default
+HTTP read is: a follower asked by a client sends the question on to the
+leader (``Hop``, so it goes no further), and a server's own DNS interface
+asks the leader too (``LeaderAuthority``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -21,7 +26,7 @@ from twisted.names import dns
 from twisted.python.failure import Failure
 
 from txconsul.config import AgentConfig
-from txconsul.dns.authority import Answer
+from txconsul.dns.authority import Answer, ConsulAuthority
 from txconsul.dns.config import DNSConfig
 from txconsul.dns.query import Outside, parse_name
 from txconsul.errors import BadRequest
@@ -122,14 +127,17 @@ class RemoteAuthority:
 
     log = Logger()
 
-    def __init__(self, call: Any, config: AgentConfig) -> None:
+    def __init__(self, call: Any, config: AgentConfig, hop: bool = False) -> None:
+        """:param hop: a server asking the leader: the question goes no further."""
         self._call = call
         self._domain = config.domain.strip(".").lower()
-        self._request = {
+        self._request: dict[str, Any] = {
             "Domain": config.domain,
             "Datacenter": config.datacenter,
             "Config": dns_config_to_wire(config.dns),
         }
+        if hop:
+            self._request["Hop"] = True
 
     def lookup(self, name: bytes, qtype: int) -> Answer | Deferred[Answer]:
         if isinstance(parse_name(name.decode("latin-1"), self._domain), Outside):
@@ -146,3 +154,22 @@ class RemoteAuthority:
             return Answer(dns.ESERVER, authoritative=False)
 
         return d.addCallback(answer_from_wire).addErrback(failed)
+
+
+class LeaderAuthority:
+    """
+    A server's authority when ``dns_config.allow_stale`` is false: the leader
+    answers from its own store, a follower asks the leader.
+    """
+
+    def __init__(
+        self, local: ConsulAuthority, remote: RemoteAuthority, leads: Callable[[], bool]
+    ) -> None:
+        self._local = local
+        self._remote = remote
+        self._leads = leads
+
+    def lookup(self, name: bytes, qtype: int) -> Answer | Deferred[Answer]:
+        if self._leads():
+            return self._local.lookup(name, qtype)
+        return self._remote.lookup(name, qtype)

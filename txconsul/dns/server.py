@@ -15,7 +15,7 @@ or are REFUSED, and UDP replies are cut to whole records that fit.
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -28,10 +28,11 @@ from twisted.logger import Logger
 from twisted.names import client, dns
 from twisted.protocols.basic import Int16StringReceiver
 
+from txconsul.clock import wall_time
 from txconsul.config import AgentConfig
 from txconsul.dns.authority import Answer, ConsulAuthority
 from txconsul.dns.config import DNSConfig, parse_recursor
-from txconsul.dns.remote import RemoteAuthority
+from txconsul.dns.remote import LeaderAuthority, RemoteAuthority
 from txconsul.interfaces import IConsensus
 from txconsul.state.store import StateStore
 
@@ -148,7 +149,7 @@ class DNSResponder:
 
     def __init__(
         self,
-        authority: ConsulAuthority | RemoteAuthority,
+        authority: ConsulAuthority | RemoteAuthority | LeaderAuthority,
         config: DNSConfig,
         recursors: Sequence[tuple[str, int]] = (),
         reactor: Any = None,
@@ -366,12 +367,16 @@ class DNSService(Service):
         consensus: IConsensus,
         config: AgentConfig,
         rng: Any,
-        authority: RemoteAuthority | None = None,
+        authority: RemoteAuthority | LeaderAuthority | None = None,
+        wall: Callable[[], float] = wall_time,
     ) -> None:
-        """:param authority: a client agent's (its servers answer); by default the store's."""
+        """
+        :param authority: a client agent's (its servers answer); by default the store's.
+        :param wall: the wall clock, for the SOA serial.
+        """
         self._reactor = reactor
-        self.authority: ConsulAuthority | RemoteAuthority = authority or ConsulAuthority(
-            store, consensus, config, reactor, rng
+        self.authority: ConsulAuthority | RemoteAuthority | LeaderAuthority = (
+            authority or ConsulAuthority(store, consensus, config, wall, rng)
         )
         recursors = [parse_recursor(r) for r in config.recursors]
         self.responder = DNSResponder(self.authority, config.dns, recursors, reactor)

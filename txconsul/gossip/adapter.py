@@ -36,6 +36,7 @@ from txconsul.gossip.memberlist import (
     Delegate,
     GossipConfig,
     Memberlist,
+    MergeRefused,
     Node,
     Output,
     Packet,
@@ -62,12 +63,15 @@ class Codec:
     """
     Packet and stream framing for one pool: compression, CRC, encryption.
 
-    :param compress: LZW-compress TCP streams (as serf does).
+    :param compress: LZW-compress TCP streams, as serf does.
     :param compress_packets: also try LZW on every UDP packet, as memberlist
-        does with EnableCompression. Off by default: in pure Python it costs
-        about 0.7 ms per full 1,400-byte packet each way, the largest CPU cost
-        of a pool converging, to save about half the bytes. Compressed packets
-        from peers are decoded either way.
+        does with EnableCompression.
+
+    Both are off in the pools (``GossipConfig.compress_streams`` and
+    ``compress_packets``): LZW in pure Python costs about 0.7 ms per full
+    1,400-byte packet and 3 ms per 10 KB push/pull each way, the largest CPU
+    costs of a pool converging, to save about half the bytes. Compressed
+    packets and streams from peers are decoded either way.
     """
 
     def __init__(
@@ -132,6 +136,20 @@ class GossipNode:
         self.udp: DatagramProtocol | None = None
         self._timer: IDelayedCall | None = None
         self.dropped = 0
+        #: open push/pull and ping streams, both ways, and connections being made
+        self.streams: set[StreamProtocol] = set()
+        self.connecting: set[Any] = set()
+
+    def close_streams(self) -> Deferred[None]:
+        """Abort every stream and connection attempt; fires once all are closed."""
+        for connector in list(self.connecting):
+            if connector.state == "connecting":
+                connector.stopConnecting()
+        closed = [s.closed for s in self.streams]
+        for stream in list(self.streams):
+            if stream.transport is not None:
+                stream.transport.abortConnection()  # type: ignore[attr-defined]
+        return DeferredList(closed).addCallback(lambda _: None)
 
     def emit(self, outputs: list[Output]) -> None:
         for out in outputs:
@@ -159,7 +177,7 @@ class GossipNode:
         if isinstance(message, PushPull):
             try:
                 self.emit(self.core.merge_remote_state(now, message))
-            except MalformedPacket as e:
+            except (MalformedPacket, MergeRefused) as e:
                 self.log.info("push/pull with {addr} refused: {why}", addr=source, why=str(e))
         elif isinstance(message, Ack):
             self.emit(self.core.receive(now, source, message))
@@ -168,8 +186,14 @@ class GossipNode:
         """Connect, send ``request``, return the reply (``None`` on any failure)."""
         factory = _ClientFactory(self, request)
         timeout = self.core.config.tcp_timeout
-        self.reactor.connectTCP(to[0], to[1], factory, timeout, (self.interface, 0))
-        return factory.done
+        connector = self.reactor.connectTCP(to[0], to[1], factory, timeout, (self.interface, 0))
+        self.connecting.add(connector)
+
+        def finished(result: Any) -> Any:
+            self.connecting.discard(connector)
+            return result
+
+        return factory.done.addBoth(finished)
 
     def datagram(self, data: bytes, addr: Address) -> None:
         try:
@@ -195,6 +219,9 @@ class GossipNode:
             reply = self.core.local_state(message.join)
             try:
                 self.emit(self.core.merge_remote_state(now, message))
+            except MergeRefused as e:
+                self.log.info("push/pull from {addr} refused: {why}", addr=peer, why=str(e))
+                return ErrResp(str(e))
             except MalformedPacket as e:
                 return ErrResp(str(e))
             return reply
@@ -264,11 +291,14 @@ class StreamProtocol(Protocol):
         self.node = node
         self.request = request
         self.done: Deferred[Any] = Deferred()
+        #: fires when the connection is gone (``GossipNode.close_streams`` waits on it)
+        self.closed: Deferred[None] = Deferred()
         self._buffer = b""
         self._timeout: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
         assert self.transport is not None
+        self.node.streams.add(self)
         self._timeout = self.node.reactor.callLater(
             self.node.core.config.tcp_timeout, self.transport.loseConnection
         )
@@ -316,7 +346,10 @@ class StreamProtocol(Protocol):
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
         if self._timeout is not None and self._timeout.active():
             self._timeout.cancel()
+        self.node.streams.discard(self)
         self._finish(None)
+        if not self.closed.called:
+            self.closed.callback(None)
 
 
 class _ServerFactory(ServerFactory):
@@ -352,6 +385,10 @@ class GossipPool(Service):
     :param reactor: provides ``IReactorUDP``, ``IReactorTCP`` and ``IReactorTime``.
     :param monotonic: the core's clock (``time.monotonic`` in production).
     :param port: 0 picks a free port (UDP first, then TCP on the same number).
+    :param compress: LZW on outgoing streams; by default ``config.compress_streams``.
+    :param advertise: the IP address other members reach this one at (Consul's
+        ``advertise_addr``; a NAT's public side, say), with the bound port;
+        by default the bound address itself.
     """
 
     log = Logger()
@@ -367,9 +404,11 @@ class GossipPool(Service):
         rng: random.Random | None = None,
         delegate: Delegate | None = None,
         keyring: Keyring | None = None,
-        compress: bool = True,
+        compress: bool | None = None,
+        advertise: str | None = None,
     ) -> None:
         self._reactor = reactor
+        self._advertise = advertise
         self._monotonic = monotonic
         self.node_name = name
         self._interface = interface
@@ -379,8 +418,12 @@ class GossipPool(Service):
             self._config = _with_encryption(self._config)
         self._rng = rng if rng is not None else random.Random()
         self._delegate = delegate
+        if compress is None:
+            compress = self._config.compress_streams
         self.codec = Codec(keyring, compress, self._config.compress_packets)
         self.node: GossipNode | None = None
+        #: why the last join through an address was refused (by either side)
+        self.refusals: dict[Address, str] = {}
         self._udp: IListeningPort | None = None
         self._tcp: IListeningPort | None = None
 
@@ -389,6 +432,11 @@ class GossipPool(Service):
         assert self._udp is not None, "the pool is not running"
         host = self._udp.getHost()
         return (host.host, host.port)  # type: ignore[attr-defined]
+
+    def advertised(self) -> Address:
+        """The ``(ip, port)`` the other members know this one by; valid once started."""
+        host, port = self.address()
+        return (self._advertise or host, port)
 
     @property
     def core(self) -> Memberlist:
@@ -399,7 +447,7 @@ class GossipPool(Service):
         self._bind()
         core = Memberlist(
             self.node_name,
-            self.address(),
+            self.advertised(),
             self._config,
             self._rng,
             self._monotonic(),
@@ -438,10 +486,12 @@ class GossipPool(Service):
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()
+        stopping = []
         if self.node is not None:
             self.node.core.stop()
             self.node.disarm()
-        stopping = []
+            # push/pulls and pings still in flight end now, not at their timeout
+            stopping.append(self.node.close_streams())
         for port in (self._udp, self._tcp):
             if port is not None:
                 d = port.stopListening()
@@ -466,14 +516,20 @@ class GossipPool(Service):
 
     def _joined(self, reply: Any, address: Address) -> bool:
         assert self.node is not None
+        if isinstance(reply, ErrResp):
+            self.refusals[address] = reply.error
+            self.log.info("join {addr} refused there: {why}", addr=address, why=reply.error)
+            return False
         if not isinstance(reply, PushPull):
             self.log.info("join {addr} failed", addr=address)
             return False
         try:
             self.node.emit(self.node.core.merge_remote_state(self._monotonic(), reply))
-        except MalformedPacket as e:
+        except (MalformedPacket, MergeRefused) as e:
+            self.refusals[address] = str(e)
             self.log.info("join {addr} refused: {why}", addr=address, why=str(e))
             return False
+        self.refusals.pop(address, None)
         return True
 
     def leave(self) -> None:

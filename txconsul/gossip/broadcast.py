@@ -96,14 +96,21 @@ class BroadcastQueue(Generic[T]):
         used = 0
         taken: list[int] = []
         ranked = self._ranked
+        left = 1 << 30  # the smallest item left in the queue, once all were seen
         for i, (_, _, _, item) in enumerate(ranked):
             if limit - used < smallest:
                 break
             cost = item.size + overhead
             if used + cost > limit:
+                left = min(left, item.size)
                 continue
             used += cost
             taken.append(i)
+        else:
+            # every item was looked at: the lower bound that ends the scan early
+            # becomes exact again (a small message long gone no longer keeps
+            # every later packet scanning the whole queue)
+            self._min_size = left
         items = [ranked[i][3] for i in taken]
         for i in reversed(taken):
             del ranked[i]
@@ -116,6 +123,7 @@ class BroadcastQueue(Generic[T]):
                     del self._by_key[item.key]
             else:
                 bisect.insort(ranked, item.rank())
+                self._min_size = min(self._min_size, item.size)
         return out, used
 
     def clear(self) -> None:

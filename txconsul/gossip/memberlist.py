@@ -39,6 +39,7 @@ from txconsul.gossip.messages import (
     User,
     ip_bytes,
     ip_text,
+    push_pull_header_size,
 )
 from txconsul.gossip.states import MemberState, check_transition, dead_or_left
 from txconsul.gossip.suspicion import Suspicion, expected_confirmations, suspicion_timeout
@@ -63,16 +64,29 @@ class GossipConfig:
     suspicion_mult: int = 4
     suspicion_max_timeout_mult: int = 6
     push_pull_interval: float = 30.0
+    #: Bytes per second that the push/pulls a member starts may carry, its
+    #: state and the reply counted: past memberlist's scaled interval, the
+    #: interval stretches to ``2 * state size / budget``, so that push/pull
+    #: bytes per member stay flat as the pool grows (each exchange carries
+    #: every member). 0 keeps memberlist's schedule alone. A local choice,
+    #: invisible on the wire; see docs/gossip.rst for the trade-off.
+    push_pull_budget: float = 160.0
     gossip_interval: float = 0.2
     gossip_nodes: int = 3
     gossip_to_the_dead_time: float = 30.0
+    #: After this long dead, a member may come back at another address
+    #: (memberlist's DeadNodeReclaimTime; 0 never). Consul sets 30 s on both
+    #: pools (agent/consul/config.go); a left member may come back at once.
+    dead_node_reclaim_time: float = 30.0
     awareness_max_multiplier: int = 8
     tcp_timeout: float = 10.0
     disable_tcp_pings: bool = False
     encrypted: bool = False
-    #: LZW on UDP packets (memberlist's EnableCompression); streams are always
-    #: compressed. Off: see ``txconsul.gossip.adapter.Codec``.
+    #: LZW on UDP packets and on push/pull and ping streams (memberlist's
+    #: EnableCompression, which does both). Off: see
+    #: ``txconsul.gossip.adapter.Codec``; compressed input is read either way.
     compress_packets: bool = False
+    compress_streams: bool = False
     #: Lifeguard switches, on by default; off gives plain SWIM for comparisons.
     awareness: bool = True
     dynamic_suspicion: bool = True
@@ -154,11 +168,16 @@ class SharedPush:
 
     nodes: tuple[PushNodeState, ...]
     index: dict[str, int]
+    #: the encoded size of ``nodes``
+    size: int
 
     @classmethod
     def of(cls, shared: dict[str, Node]) -> SharedPush:
+        nodes = tuple(n.to_push() for n in shared.values())
         return cls(
-            tuple(n.to_push() for n in shared.values()), {name: i for i, name in enumerate(shared)}
+            nodes,
+            {name: i for i, name in enumerate(shared)},
+            sum(n.wire_size() for n in nodes),
         )
 
 
@@ -206,6 +225,8 @@ class Delegate(Protocol):
     def notify_leave(self, now: float, node: Node) -> None: ...
     def notify_update(self, now: float, node: Node) -> None: ...
     def ack_payload(self) -> bytes | None: ...
+    def notify_merge(self, nodes: Sequence[PushNodeState]) -> str | None: ...
+    def notify_alive(self, alive: Alive) -> str | None: ...
 
 
 class NullDelegate:
@@ -240,6 +261,18 @@ class NullDelegate:
 
     def ack_payload(self) -> bytes | None:
         return None
+
+    def notify_merge(self, nodes: Sequence[PushNodeState]) -> str | None:
+        """memberlist's MergeDelegate: a reason to refuse a push/pull's members, or ``None``."""
+        return None
+
+    def notify_alive(self, alive: Alive) -> str | None:
+        """memberlist's AliveDelegate: a reason to ignore an alive message, or ``None``."""
+        return None
+
+
+class MergeRefused(Exception):
+    """The delegate refused the members of a push/pull (``notify_merge``); nothing was merged."""
 
 
 @attrs.define
@@ -301,10 +334,14 @@ class Memberlist:
         self._shared: dict[str, Node] | None = None
         #: our push/pull node list, kept until a member changes (``_changed``)
         self._push_nodes: tuple[PushNodeState, ...] | None = None
+        #: the encoded size of ``_push_nodes``
+        self._push_size = 0
         #: the shared members' push/pull list, while we have changed none of them
         self._shared_push: SharedPush | None = None
         self.leaving = False
         self.stopped = False
+        #: alive messages the delegate refused (``notify_alive``)
+        self.refused_alive = 0
         me = Node(
             name,
             ip_bytes(address[0]),
@@ -418,12 +455,34 @@ class Memberlist:
             base = self._shared_push
             if base is not None:
                 listed = list(base.nodes)
-                listed[base.index[self.name]] = self.me.to_push()
+                i = base.index[self.name]
+                mine = self.me.to_push()
+                size = base.size - listed[i].wire_size() + mine.wire_size()
+                listed[i] = mine
                 nodes = tuple(listed)
             else:
                 nodes = tuple(n.to_push() for n in self.nodes.values())
+                size = sum(n.wire_size() for n in nodes)
             self._push_nodes = nodes
+            self._push_size = size
         return nodes
+
+    def _state_size(self, state: PushPull) -> int:
+        """Encoded bytes of ``state``, one of our own ``local_state`` results."""
+        nodes = self._push_size
+        if state.nodes is not self._push_nodes:
+            nodes = sum(n.wire_size() for n in state.nodes)
+        return state.header_size() + nodes + len(state.user_state)
+
+    def _local_state_size(self) -> int:
+        """Encoded bytes of ``local_state(False)``, without building our list if shared."""
+        base = self._shared_push
+        if self._push_nodes is not None or base is None:
+            return self._state_size(self.local_state(join=False))
+        i = base.index[self.name]
+        nodes = base.size - base.nodes[i].wire_size() + self.me.to_push().wire_size()
+        user = len(self.delegate.local_state(False))
+        return push_pull_header_size(False, len(base.nodes), user) + nodes + user
 
     def _changed(self) -> None:
         """A member was added, removed or changed: the push/pull list is stale."""
@@ -443,6 +502,9 @@ class Memberlist:
             entries = [n for n in entries if id(n) not in mine]
         if not self._versions_compatible(entries):
             raise MalformedPacket("incompatible protocol versions in push/pull")
+        refusal = self.delegate.notify_merge(remote.nodes)
+        if refusal is not None:
+            raise MergeRefused(refusal)
         nodes = self.nodes
         alive = int(MemberState.ALIVE)
         for n in entries:
@@ -731,18 +793,28 @@ class Memberlist:
                 return
             self._out.append(Packet(node.address, tuple(extra), node.pmax >= 5))
 
-    def _push_pull_interval(self) -> float:
+    def _push_pull_interval(self, state: PushPull | None = None) -> float:
+        """
+        memberlist's interval scaled by ``pushPullScale`` (util.go), stretched
+        so that our exchanges (``state`` out, a reply of its size back) stay
+        within ``push_pull_budget`` bytes per second.
+        """
         n = len(self.nodes)
-        interval = self.config.push_pull_interval
+        config = self.config
+        interval = config.push_pull_interval
         if n > 32:
             interval *= math.ceil(math.log2(n) - math.log2(32)) + 1
+        if config.push_pull_budget > 0:
+            size = self._local_state_size() if state is None else self._state_size(state)
+            interval = max(interval, 2 * size / config.push_pull_budget)
         return interval
 
     def _push_pull_tick(self, now: float) -> None:
-        self._at(now + self._push_pull_interval(), self._push_pull_tick)
+        state = self.local_state(join=False)
+        self._at(now + self._push_pull_interval(state), self._push_pull_tick)
         peers = self._random_nodes(1, lambda node: node.state == MemberState.ALIVE)
         if peers:
-            self._out.append(StartPushPull(peers[0].address, self.local_state(join=False)))
+            self._out.append(StartPushPull(peers[0].address, state))
 
     def _encrypt_overhead(self) -> int:
         return ENCRYPT_OVERHEAD if self.config.encrypted else 0
@@ -787,6 +859,9 @@ class Memberlist:
             return  # old news: the common case in a gossip storm
         if not _vsn_ok(alive.vsn):
             return
+        if alive.node != self.name and self.delegate.notify_alive(alive) is not None:
+            self.refused_alive += 1
+            return
         if node is not None and node.addr == alive.addr and node.port == alive.port:
             address = node.address
         else:
@@ -813,7 +888,7 @@ class Memberlist:
             self._changed()
             self._order.insert(int(self.rng.random() * (len(self._order) + 1)), alive.node)
         elif node.addr != alive.addr or node.port != alive.port:
-            if node.state != MemberState.LEFT or local:
+            if local or not self._may_reclaim(node, now):
                 return  # a name conflict: keep the member we know
             updates_address = True
         if alive.incarnation <= node.incarnation and not local and not updates_address:
@@ -845,6 +920,13 @@ class Memberlist:
             self.delegate.notify_join(now, node)
         elif meta_changed:
             self.delegate.notify_update(now, node)
+
+    def _may_reclaim(self, node: Node, now: float) -> bool:
+        """May another member take ``node``'s name at a new address (memberlist's rule)?"""
+        if node.state == MemberState.LEFT:
+            return True
+        reclaim = self.config.dead_node_reclaim_time
+        return node.state == MemberState.DEAD and reclaim > 0 and now - node.state_change > reclaim
 
     def on_suspect(self, now: float, suspect: Suspect) -> None:
         node = self.nodes.get(suspect.node)

@@ -304,6 +304,20 @@ class PushNodeState:
             "Vsn": self.vsn,
         }
 
+    def wire_size(self) -> int:
+        """``len(wire.pack(self.to_dict()))``, from the field lengths alone."""
+        raw, uint = wire.packed_raw_size, wire.packed_uint_size
+        return (
+            _PUSH_NODE_KEYS
+            + raw(len(self.addr))
+            + uint(self.incarnation)
+            + raw(len(self.meta))
+            + raw(len(self.name.encode()))
+            + uint(self.port)
+            + uint(self.state)
+            + raw(len(self.vsn))
+        )
+
     @classmethod
     def from_body(cls, body: Body) -> PushNodeState:
         state = _int(body, b"State")
@@ -318,6 +332,13 @@ class PushNodeState:
             state,
             _bytes(body, b"Vsn"),
         )
+
+
+#: the fixmap header and the seven keys of a ``PushNodeState``
+_PUSH_NODE_KEYS = 1 + sum(
+    wire.packed_raw_size(len(k))
+    for k in ("Addr", "Incarnation", "Meta", "Name", "Port", "State", "Vsn")
+)
 
 
 @attrs.frozen
@@ -335,6 +356,15 @@ class PushPull:
         parts += [wire.pack(n.to_dict()) for n in self.nodes]
         parts.append(self.user_state)
         return b"".join(parts)
+
+    def header_size(self) -> int:
+        """Bytes of the type byte and the header map (the records and user state follow)."""
+        return push_pull_header_size(self.join, len(self.nodes), len(self.user_state))
+
+
+def push_pull_header_size(join: bool, nodes: int, user_state: int) -> int:
+    """Bytes of a push/pull's type byte and header map."""
+    return 1 + len(wire.pack({"Join": join, "Nodes": nodes, "UserStateLen": user_state}))
 
 
 @attrs.frozen

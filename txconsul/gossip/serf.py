@@ -9,10 +9,11 @@ appends what the application should see to ``events``.
 from __future__ import annotations
 
 import enum
+import functools
 import math
 import random
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -21,7 +22,7 @@ from txconsul.gossip import wire
 from txconsul.gossip.broadcast import BroadcastQueue
 from txconsul.gossip.keyring import Keyring, KeyringError, encode_key
 from txconsul.gossip.memberlist import Memberlist, Node
-from txconsul.gossip.messages import ip_text
+from txconsul.gossip.messages import Alive, PushNodeState, ip_text
 from txconsul.gossip.states import MemberState
 from txconsul.gossip.wire import MalformedPacket
 
@@ -106,6 +107,12 @@ def encode_tags(tags: Mapping[str, str]) -> bytes:
 
 def decode_tags(meta: bytes) -> dict[str, str]:
     """Tags from node meta; meta without the magic byte is the legacy role string."""
+    return dict(_decode_tags(meta))
+
+
+@functools.lru_cache(maxsize=4096)
+def _decode_tags(meta: bytes) -> dict[str, str]:
+    """``decode_tags``, kept: every member's meta arrives again and again (never mutate)."""
     if not meta or meta[0] != TAG_MAGIC:
         return {"role": meta.decode("utf-8", "replace")}
     try:
@@ -267,6 +274,10 @@ def _text(body: Mapping[bytes, Any], key: bytes) -> str:
         raise MalformedPacket(f"{key.decode()} is not UTF-8") from e
 
 
+#: serf's MergeDelegate: (name, tags) of the members to merge -> a refusal, or ``None``
+MergeCheck = Callable[[list[tuple[str, dict[str, str]]]], "str | None"]
+
+
 def _log10_ceil(n: int) -> int:
     return max(1, math.ceil(math.log10(n)))
 
@@ -294,13 +305,18 @@ class Serf:
         snapshot: SnapshotWriter | None = None,
         keyring: Keyring | None = None,
         save_keyring: Callable[[Keyring], None] | None = None,
+        merge: MergeCheck | None = None,
     ) -> None:
         """
         :param keyring: the pool's keyring (shared with its codec), which the
             internal key queries change; ``None`` when encryption is off.
         :param save_keyring: persists the keyring after each change; an
             ``OSError`` makes the change answer as failed.
+        :param merge: serf's MergeDelegate: given the name and tags of members
+            about to be merged (a push/pull's, or one alive message's), a
+            reason to refuse them, or ``None`` (Consul's pool rules).
         """
+        self.merge = merge
         self.name = name
         self.tags = dict(tags)
         self.config = config if config is not None else SerfConfig()
@@ -871,6 +887,16 @@ class Serf:
         else:
             member.status = MemberStatus.FAILED
             self.events.append(MemberEvent("member-failed", node.name))
+
+    def notify_merge(self, nodes: Sequence[PushNodeState]) -> str | None:
+        if self.merge is None:
+            return None
+        return self.merge([(n.name, decode_tags(n.meta)) for n in nodes])
+
+    def notify_alive(self, alive: Alive) -> str | None:
+        if self.merge is None:
+            return None
+        return self.merge([(alive.node, decode_tags(alive.meta))])
 
     def ack_payload(self) -> bytes | None:
         """What serf puts in direct acks: ping payload version 1 and a coordinate.

@@ -411,6 +411,18 @@ class SimCluster:
         self.crashed.add(name)
         self.members[name].crash()
 
+    def restart(self, name: str, address: Address, via: str) -> SimMember:
+        """
+        Start a crashed member again, as a fresh core at ``address`` (another
+        machine, or another port), joining the pool through member ``via``.
+        """
+        self.members[name].crash()
+        member = SimMember(self, name, address, self.config)
+        self.members[name] = member
+        self.crashed.discard(name)
+        member.emit(member.core.join(self.clock.seconds(), [self.members[via].address]))
+        return member
+
     def false_positives(self) -> list[Declaration]:
         """Declarations that a member which never crashed is dead."""
         return [

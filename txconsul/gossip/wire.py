@@ -51,6 +51,28 @@ def pack(value: Any) -> bytes:
     return msgpack.packb(value, use_bin_type=False)  # type: ignore[no-any-return]
 
 
+def packed_raw_size(length: int) -> int:
+    """Bytes ``pack`` gives a string or bytes value of ``length`` bytes (no str8/bin)."""
+    if length <= 0x1F:
+        return 1 + length
+    if length <= 0xFFFF:
+        return 3 + length
+    return 5 + length
+
+
+def packed_uint_size(value: int) -> int:
+    """Bytes ``pack`` gives a non-negative integer."""
+    if value <= 0x7F:
+        return 1
+    if value <= 0xFF:
+        return 2
+    if value <= 0xFFFF:
+        return 3
+    if value <= 0xFFFFFFFF:
+        return 5
+    return 9
+
+
 def unpack_one(data: bytes, offset: int = 0) -> tuple[Any, int]:
     """
     Decode one msgpack value at ``offset``.
@@ -60,6 +82,21 @@ def unpack_one(data: bytes, offset: int = 0) -> tuple[Any, int]:
 
     :return: the value (strings as ``bytes``) and the offset just past it.
     """
+    if len(data) - offset <= MAX_DECOMPRESSED:
+        # the common case in a third of the time: one whole value, maybe more after it
+        try:
+            value = msgpack.unpackb(
+                data[offset:] if offset else data,
+                raw=True,
+                max_array_len=MAX_CONTAINER,
+                max_map_len=MAX_CONTAINER,
+                strict_map_key=True,
+            )
+            return value, len(data)
+        except msgpack.ExtraData as e:
+            return e.unpacked, len(data) - len(e.extra)
+        except Exception:  # noqa: BLE001 - cut short or garbage: the Unpacker says which
+            pass
     unpacker = msgpack.Unpacker(
         raw=True,
         max_buffer_size=MAX_DECOMPRESSED,

@@ -22,11 +22,15 @@ from txconsul.agent.definitions import (
     parse_check,
     parse_service,
 )
+from txconsul.agent.remote import lan_servers
 from txconsul.errors import BadRequest, MethodNotAllowed, NotFound
 from txconsul.http.app import arg, flag, parse_bool, read_json, router
 
 if TYPE_CHECKING:
     from txconsul.http.app import HTTPApi
+
+#: how long ``/v1/agent/self`` on a client agent waits for a server to name the leader
+LEADER_TIMEOUT = 2.0
 
 
 def agent_service(service: ServiceDefinition, datacenter: str) -> dict[str, Any]:
@@ -81,11 +85,42 @@ def install(app: Klein, api: HTTPApi) -> None:
             out[cid] = row
         return out
 
+    def raft_stats() -> dict[str, str]:
+        servers = agent.servers
+        node = None if servers is None else servers.node
+        return {} if node is None else node.stats()
+
+    def client_leader() -> Deferred[str]:
+        """A client agent knows no leader itself: it asks a server (``""`` if none answers)."""
+        d: Deferred[Any] = agent.remote.call(
+            "Status.Leader", None, idempotent=True, timeout=LEADER_TIMEOUT
+        )
+        d.addTimeout(LEADER_TIMEOUT, api.clock)
+
+        def answer(leader: Any) -> str:
+            return leader if isinstance(leader, str) else ""
+
+        return d.addCallbacks(answer, lambda _: "")
+
     @route("/v1/agent/self", methods=["GET"])
-    def self_(request: IRequest) -> bytes:
+    def self_(request: IRequest) -> bytes | Deferred[bytes]:
+        if agent.config.server:
+            return self_body(request, agent.consensus.leader_address())
+        return client_leader().addCallback(lambda leader: self_body(request, leader))
+
+    def self_body(request: IRequest, leader: str) -> bytes:
         c = agent.config
         consensus = agent.consensus
-        leader = consensus.leader_address()
+        stats_consul = {
+            "server": str(c.server).lower(),
+            "leader": str(consensus.is_leader() and c.server).lower(),
+            "leader_addr": leader,
+            "bootstrap": "false",
+            "known_datacenters": "1",
+            "acl": "disabled",
+        }
+        if not c.server:
+            stats_consul["known_servers"] = str(len(lan_servers(agent)))
         body = {
             "Config": {
                 "Datacenter": c.datacenter,
@@ -100,16 +135,9 @@ def install(app: Klein, api: HTTPApi) -> None:
             "Coord": {"Vec": [0.0] * 8, "Error": 1.5, "Adjustment": 0.0, "Height": 1e-05},
             "Member": agent.member(),
             "Stats": {
-                "consul": {
-                    "server": str(c.server).lower(),
-                    "leader": str(consensus.is_leader() and c.server).lower(),
-                    "leader_addr": leader,
-                    "bootstrap": "false",
-                    "known_datacenters": "1",
-                    "acl": "disabled",
-                },
+                "consul": stats_consul,
                 "agent": {"checks": str(len(local.checks)), "services": str(len(local.services))},
-                "raft": {},
+                "raft": raft_stats(),
                 "serf_lan": {},
                 "runtime": {},
                 "build": {"version": CONSUL_VERSION, "revision": "txconsul"},

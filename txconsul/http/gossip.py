@@ -3,24 +3,25 @@
 The gossip pools over HTTP: ``/v1/agent/members``, ``join``, ``leave``,
 ``force-leave`` and ``/v1/operator/keyring``.
 
-The keyring endpoints act on every member of this agent's encrypted pools
-(the LAN pool, and a server's WAN pool) through serf's internal key queries,
-and answer with the members' answers summed up as Consul does; ``GET
-?local-only`` lists this agent's own keys without asking anyone.
+The keyring endpoints hand the operation to a server, which runs serf's
+internal key queries on its WAN pool and on the LAN pool of every datacenter
+(``txconsul.agent.keyring``), and answer with the members' answers summed up
+as Consul does; ``GET ?local-only`` lists this agent's own keys without asking
+anyone.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from klein import Klein
 from twisted.internet.defer import Deferred
 from twisted.web.iweb import IRequest
 
-from txconsul.agent.membership import JoinFailed, SerfPool
-from txconsul.errors import BadRequest, TxConsulError
-from txconsul.gossip.keyring import KeyringError, decode_key, encode_key
-from txconsul.gossip.serf import KeyResponse
+from txconsul.agent import keyring
+from txconsul.agent.membership import JoinFailed
+from txconsul.errors import BadRequest
+from txconsul.gossip.keyring import KeyringError, decode_key
 from txconsul.http.app import arg, flag, parse_bool, read_json, router
 
 if TYPE_CHECKING:
@@ -45,7 +46,8 @@ def install(app: Klein, api: HTTPApi) -> None:
 
         def joined(n: int) -> bytes:
             if not n:
-                raise JoinFailed(f"Failed to join {address}: no agent answered there")
+                why = membership.join_refusal(address, wan) or "no agent answered there"
+                raise JoinFailed(f"Failed to join {address}: {why}")
             return b""
 
         return membership.join([address], wan).addCallback(joined)
@@ -71,38 +73,6 @@ def install(app: Klein, api: HTTPApi) -> None:
         except KeyringError as e:
             raise BadRequest(f"Invalid key: {e}") from None
 
-    def entry(pool: SerfPool, answer: KeyResponse) -> dict[str, Any]:
-        return {
-            "WAN": pool.wan,
-            "Datacenter": agent.config.datacenter,
-            "Segment": "",
-            "Partition": "",
-            "Keys": answer.keys,
-            "PrimaryKeys": answer.primary_keys,
-            "NumNodes": answer.num_nodes,
-            "NumResp": answer.num_resp,
-            "NumErr": answer.num_err,
-            "Messages": answer.messages,
-        }
-
-    def failures(answers: list[tuple[SerfPool, KeyResponse]]) -> None:
-        """Consul's error text for any pool where a member failed or did not answer."""
-        errors: list[str] = []
-        for pool, answer in answers:
-            error = answer.error()
-            if error is None:
-                continue
-            which = "WAN" if pool.wan else f"{agent.config.datacenter} (LAN)"
-            errors.append(f"{which} error: {error}")
-            errors += [f"{node}: {message}" for node, message in sorted(answer.messages.items())]
-        if errors:
-            noun = "error" if len(errors) == 1 else "errors"
-            lines = "".join(f"\t* {e}\n" for e in errors)
-            raise TxConsulError(f"{len(errors)} {noun} occurred:\n{lines}")
-
-    def ordered(answers: list[tuple[SerfPool, KeyResponse]]) -> list[tuple[SerfPool, KeyResponse]]:
-        return sorted(answers, key=lambda pa: not pa[0].wan)  # WAN first, as Consul
-
     def local_only(request: IRequest) -> bool:
         """Consul's ``?local-only=<bool>`` (an empty value is not set)."""
         value = arg(request, b"local-only")
@@ -120,29 +90,22 @@ def install(app: Klein, api: HTTPApi) -> None:
             )
         key = key_arg(request)
 
-        def done(answers: list[tuple[SerfPool, KeyResponse]]) -> bytes:
-            failures(ordered(answers))
+        def done(entries: list[keyring.Entry]) -> bytes:
+            keyring.failures(entries)
             return b""
 
-        return membership.keyring_operation(op, key).addCallback(done)
+        return keyring.operate(agent, op, key).addCallback(done)
 
     @route("/v1/operator/keyring", methods=["GET"])
     def list_keys(request: IRequest) -> bytes | Deferred[bytes]:
         if local_only(request):
-            local = []
-            for pool in membership.keyrings():
-                assert pool.keyring is not None
-                keys = [encode_key(k) for k in pool.keyring.keys]
-                answer = KeyResponse(1, 1, 0, {}, {k: 1 for k in keys}, {keys[0]: 1})
-                local.append((pool, answer))
-            return api.json(request, [entry(p, a) for p, a in ordered(local)])
+            return api.json(request, keyring.public(keyring.local_entries(agent)))
 
-        def done(answers: list[tuple[SerfPool, KeyResponse]]) -> bytes:
-            answers = ordered(answers)
-            failures(answers)
-            return api.json(request, [entry(p, a) for p, a in answers])
+        def done(entries: list[keyring.Entry]) -> bytes:
+            keyring.failures(entries)
+            return api.json(request, keyring.public(entries))
 
-        return membership.keyring_operation("list").addCallback(done)
+        return keyring.operate(agent, "list").addCallback(done)
 
     @route("/v1/operator/keyring", methods=["POST"])
     def install_key(request: IRequest) -> Deferred[bytes]:

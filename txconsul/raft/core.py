@@ -117,6 +117,17 @@ class PersistState:
 
 
 @attrs.frozen
+class PersistVoters:
+    """
+    Keep the configuration this server started a new cluster with: until the
+    log holds a configuration entry (or a snapshot), it is the only record of
+    who the voters are, and a server restarted without it could not vote.
+    """
+
+    voters: tuple[str, ...]
+
+
+@attrs.frozen
 class PersistEntries:
     """Drop every stored entry at or after ``first_index``, then store ``entries``."""
 
@@ -180,6 +191,7 @@ class RoleChanged:
 Output = (
     Send
     | PersistState
+    | PersistVoters
     | PersistEntries
     | PersistSnapshot
     | Apply
@@ -201,6 +213,17 @@ class Restored:
     base_index: int = 0
     base_term: int = 0
     entries: tuple[Entry, ...] = ()
+    #: the configuration a new cluster started with (``PersistVoters``)
+    voters: tuple[str, ...] = ()
+
+    @property
+    def configured(self) -> bool:
+        """Whether the disk says who the voters are (a restart needs no bootstrap)."""
+        return (
+            bool(self.voters)
+            or self.snapshot is not None
+            or any(e.config is not None for e in self.entries)
+        )
 
 
 # -- role-only data -----------------------------------------------------------
@@ -234,7 +257,9 @@ class RaftCore:
     One server's Raft state.
 
     :param voters: the configuration to start from when the disk holds none
-        (every server of a new cluster is given the same list).
+        (every server of a new cluster is given the same list). It is persisted
+        (``PersistVoters``, the first output) so that a restart finds it; once
+        the disk holds a configuration, ``voters`` is ignored.
     """
 
     def __init__(
@@ -254,7 +279,9 @@ class RaftCore:
         self.vote = restored.vote
         self.role = Role.FOLLOWER
         self.leader = ""
-        self._bootstrap = tuple(sorted(set(voters)))
+        self._bootstrap = restored.voters or tuple(sorted(set(voters)))
+        if self._bootstrap and not restored.configured:
+            self.outbox.append(PersistVoters(self._bootstrap))
         self.snapshot = restored.snapshot
         self._base_index = restored.base_index
         self._base_term = restored.base_term

@@ -48,6 +48,9 @@ class ILogStore(Interface):
     def set_state(term: int, vote: str | None) -> None:
         """Remember the current term and vote."""
 
+    def set_voters(voters: tuple[str, ...]) -> None:
+        """Remember the configuration a new cluster started with."""
+
     def store_entries(first_index: int, entries: tuple[Entry, ...]) -> None:
         """Drop every entry at or after ``first_index``, then add ``entries``."""
 
@@ -69,6 +72,7 @@ class _Image:
     base_index: int = 0
     base_term: int = 0
     entries: list[Entry] = attrs.Factory(list)
+    voters: tuple[str, ...] = ()
 
     def truncate_and_add(self, first: int, entries: tuple[Entry, ...]) -> None:
         del self.entries[max(first - self.base_index - 1, 0) :]
@@ -88,6 +92,7 @@ class _Image:
             self.base_index,
             self.base_term,
             tuple(self.entries),
+            self.voters,
         )
 
 
@@ -121,6 +126,14 @@ class MemoryLogStore:
 
         def op(image: _Image) -> None:
             image.term, image.vote = term, vote
+
+        self._pending.append(op)
+
+    def set_voters(self, voters: tuple[str, ...]) -> None:
+        self._check()
+
+        def op(image: _Image) -> None:
+            image.voters = voters
 
         self._pending.append(op)
 
@@ -362,6 +375,7 @@ class SQLiteLogStore:
         state = self._get("state") or [0, None]
         base = self._get("base") or [0, 0]
         snap = self._get("snapshot")
+        voters = self._get("voters") or []
         snapshot = None
         if snap is not None:
             index, term, config, data = snap
@@ -387,11 +401,17 @@ class SQLiteLogStore:
             except Exception as e:
                 raise MalformedFrame(f"entry {idx}: {e}") from e
             expect += 1
-        return Restored(state[0], state[1], snapshot, base[0], base[1], tuple(entries))
+        return Restored(
+            state[0], state[1], snapshot, base[0], base[1], tuple(entries), tuple(voters)
+        )
 
     def set_state(self, term: int, vote: str | None) -> None:
         self._begin()
         self._put("state", [term, vote])
+
+    def set_voters(self, voters: tuple[str, ...]) -> None:
+        self._begin()
+        self._put("voters", list(voters))
 
     def store_entries(self, first_index: int, entries: tuple[Entry, ...]) -> None:
         self._begin()

@@ -44,6 +44,7 @@ from txconsul.raft.core import (
     PersistEntries,
     PersistSnapshot,
     PersistState,
+    PersistVoters,
     RaftCore,
     ReadFailed,
     ReadReady,
@@ -68,6 +69,15 @@ class IRaftTransport(Interface):
 
     def send(to: str, data: bytes) -> None:
         """Send one message to the server ``to``; losing it is allowed."""
+
+
+#: how ``/v1/agent/self`` names each role, as hashicorp/raft's ``RaftState`` prints it
+_STATE_NAMES = {
+    Role.FOLLOWER: "Follower",
+    Role.PRECANDIDATE: "Candidate",  # a pre-vote round is a candidate state to an operator
+    Role.CANDIDATE: "Candidate",
+    Role.LEADER: "Leader",
+}
 
 
 @implementer(IConsensus)
@@ -141,7 +151,7 @@ class RaftNode(Service):
         if self.core.next_deadline() <= self._monotonic():
             self._tick()  # a lone voter's election is due at once
         else:
-            self._arm()
+            self._drain()  # a new cluster's voters are durable before anything else; arms the timer
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
@@ -309,6 +319,9 @@ class RaftNode(Service):
                     elif isinstance(out, PersistState):
                         store.set_state(out.term, out.vote)
                         dirty = True
+                    elif isinstance(out, PersistVoters):
+                        store.set_voters(out.voters)
+                        dirty = True
                     elif isinstance(out, PersistSnapshot):
                         store.store_snapshot(out.snapshot, out.base_index, out.base_term)
                         dirty = True
@@ -338,6 +351,12 @@ class RaftNode(Service):
             core.snapshot_taken(self._monotonic(), out.index, self._fsm.store.snapshot())
         elif isinstance(out, RestoreSnapshot):
             self._fsm.store.restore(out.snapshot.data)
+            self.log.info(
+                "raft: installed the leader's snapshot at index {index} (term {term})",
+                index=out.snapshot.index,
+                term=out.snapshot.term,
+                server=self.me,
+            )
         elif isinstance(out, ReadReady):
             d = self._reads.pop(out.read_id, None)
             if d is not None:
@@ -416,3 +435,34 @@ class RaftNode(Service):
         if self.core is None or self.core.role is Role.LEADER:
             return 0.0
         return max(self._monotonic() - self.core.last_leader_contact, 0.0)
+
+    def stats(self) -> dict[str, str]:
+        """Consul's ``Stats.raft`` of ``/v1/agent/self``: every value a string."""
+        core = self.core
+        if core is None:
+            return {}
+        if core.role is Role.LEADER:
+            contact = "0"
+        elif core.leader:
+            contact = f"{self.last_contact() * 1000:.3f}ms"
+        else:
+            contact = "never"
+        snapshot = core.snapshot
+        state = "Shutdown" if self.halted else _STATE_NAMES[core.role]
+        return {
+            "state": state,
+            "term": str(core.term),
+            "last_log_index": str(core.last_index),
+            "last_log_term": str(core.last_term),
+            "commit_index": str(core.commit_index),
+            "applied_index": str(core.last_applied),
+            "last_snapshot_index": str(snapshot.index if snapshot else 0),
+            "last_snapshot_term": str(snapshot.term if snapshot else 0),
+            "latest_configuration_index": str(core.config_index),
+            "latest_configuration": "["
+            + ", ".join(f"{{Suffrage:Voter ID:{a} Address:{a}}}" for a in core.config)
+            + "]",
+            "num_peers": str(max(len(core.config) - 1, 0)),
+            "last_contact": contact,
+            "protocol_version": "3",
+        }

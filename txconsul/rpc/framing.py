@@ -6,7 +6,9 @@ A connection opens with one byte that picks what follows (``PROTOCOL_RPC`` or
 ``PROTOCOL_RAFT``, the values Consul gives them); every other byte value is
 refused. After it, both directions carry frames: a 4-byte big-endian payload
 length, then the payload. An RPC payload is one msgpack map (``Request`` one
-way, ``Response`` the other); a Raft payload is one message of
+way, ``Response`` the other; a client may also send ``Cancel``, which says
+it no longer wants the answer to a request still in flight); a Raft payload
+is one message of
 ``txconsul.raft.messages``. Every decoding defect raises ``MalformedFrame``
 (the one defined beside Raft's messages, re-exported here), and nothing else.
 """
@@ -24,6 +26,7 @@ from txconsul.raft.messages import MalformedFrame
 __all__ = [
     "DEFAULT_MAX_FRAME",
     "FrameDecoder",
+    "Cancel",
     "FrameTooLarge",
     "MalformedFrame",
     "PROTOCOL_NAMES",
@@ -32,6 +35,7 @@ __all__ = [
     "RAFT_MAX_FRAME",
     "Request",
     "Response",
+    "client_frame_from_wire",
     "encode_frame",
     "pack",
     "unpack",
@@ -158,7 +162,10 @@ class Request:
 
     @classmethod
     def from_wire(cls, payload: bytes) -> Request:
-        value = _map(payload, "a request")
+        return cls.from_map(_map(payload, "a request"))
+
+    @classmethod
+    def from_map(cls, value: dict[str, Any]) -> Request:
         if "ID" not in value:
             raise MalformedFrame("a request has no ID")
         request_id = _request_id(value["ID"])
@@ -175,6 +182,33 @@ class Request:
             return _request_id(value.get("ID"))
         except MalformedFrame:
             return None
+
+
+@attrs.frozen
+class Cancel:
+    """
+    ``{"ID": n, "Cancel": true}``: the client gave up on request ``ID`` (its
+    caller went away, or it timed out); the server stops the handler and
+    writes no answer. A cancel that finds nothing in flight (the answer
+    crossed it) is ignored.
+    """
+
+    id: int
+
+    def to_wire(self) -> bytes:
+        return pack({"ID": self.id, "Cancel": True})
+
+
+def client_frame_from_wire(payload: bytes) -> Request | Cancel:
+    """What a client sent: a ``Request``, or a ``Cancel`` (``MalformedFrame`` otherwise)."""
+    value = _map(payload, "a request")
+    if "Cancel" in value:
+        if value["Cancel"] is not True or "Method" in value:
+            raise MalformedFrame("a cancel is {'ID': n, 'Cancel': true} and nothing else")
+        if "ID" not in value:
+            raise MalformedFrame("a cancel has no ID")
+        return Cancel(_request_id(value["ID"]))
+    return Request.from_map(value)
 
 
 @attrs.frozen

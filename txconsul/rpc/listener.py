@@ -35,6 +35,7 @@ from txconsul.rpc.protocol import (
     Dispatcher,
     RaftConnection,
     RPCServerProtocol,
+    tune_tcp,
 )
 
 #: called with each inbound Raft connection; it sets ``on_frame`` (and ``on_close``)
@@ -56,6 +57,7 @@ class PortProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self._factory.connections.add(self)
+        tune_tcp(self.transport)
 
     def dataReceived(self, data: bytes) -> None:
         if self.inner is not None:
@@ -102,6 +104,12 @@ class PortFactory(ServerFactory):
         self.max_in_flight = max_in_flight
         self.stats: Counter[str] = Counter()
         self.connections: set[PortProtocol] = set()
+
+    def in_flight(self) -> int:
+        """Requests being served on all RPC connections (blocking queries included)."""
+        return sum(
+            p.inner.in_flight for p in self.connections if isinstance(p.inner, RPCServerProtocol)
+        )
 
     def buildProtocol(self, addr: IAddress | None) -> PortProtocol:
         return PortProtocol(self)

@@ -8,9 +8,25 @@ in any order; each call may have a timeout on the injected clock, and a lost
 connection fails every call still waiting. ``RPCServerProtocol`` decodes
 request frames and hands them to a ``Dispatcher``, which runs the handler
 named by ``Method`` and turns its result or exception (through
-``txconsul.rpc.errors``) into a response frame. ``RaftConnection`` carries
-Raft's frames, untouched, to whatever the Raft transport plugs in.
+``txconsul.rpc.errors``) into a response frame. A call cancelled by its
+caller, or timed out, sends ``Cancel`` for its ID, and the server cancels the
+handler: a blocking query abandoned on a client agent drops its watch on the
+server at once, instead of holding it until its wait ends.
+``RaftConnection`` carries Raft's frames, untouched, to whatever the Raft
+transport plugs in.
 ``RPCClient`` keeps one client connection per server address.
+
+Liveness: a network cut leaves a TCP connection open with its unsent data in
+retransmission backoff, and the calls on it would wait for their own
+timeouts, then the next ones on the same dead connection too. So while calls
+are in flight a client connection that has heard nothing for
+``probe_interval`` sends a ``Status.Ping``, and one that has heard nothing for
+``dead_after`` is aborted: its calls fail with ``RPCConnectionLost`` (retried
+by forwarding where that is safe) and the pool dials a new connection for the
+next call. A long blocking query on a live connection is not affected: the
+server answers the pings. An idle connection is not probed; TCP keepalive is
+on for every connection of the port, so one whose peer vanished is reaped in
+the end.
 
 Bad input is never fatal: a frame that is not a request is answered with an
 error when it has an ID and dropped otherwise, a frame over the size limit
@@ -59,11 +75,13 @@ from txconsul.rpc.framing import (
     PROTOCOL_RAFT,
     PROTOCOL_RPC,
     RAFT_MAX_FRAME,
+    Cancel,
     FrameDecoder,
     FrameTooLarge,
     MalformedFrame,
     Request,
     Response,
+    client_frame_from_wire,
     encode_frame,
 )
 
@@ -72,6 +90,21 @@ Handler = Callable[[Any], Any]
 
 #: requests one connection may have in flight on a server before it answers "busy"
 DEFAULT_MAX_IN_FLIGHT = 1024
+
+#: a client connection with calls in flight pings after this much silence
+PROBE_INTERVAL = 1.0
+#: and is aborted after this much (below the 5 s of a server's RPC timeout)
+DEAD_AFTER = 3.0
+
+#: the method a client pings with (every ``Dispatcher`` answers it)
+PING_METHOD = "Status.Ping"
+
+
+def tune_tcp(transport: object) -> None:
+    """TCP keepalive on a port-8300 connection: a peer gone behind a network cut is found in the end."""
+    set_keepalive = getattr(transport, "setTcpKeepAlive", None)
+    if set_keepalive is not None:
+        set_keepalive(True)
 
 
 def _peer(protocol: Protocol) -> str:
@@ -141,8 +174,9 @@ class RPCServerProtocol(Protocol):
     The server end of an RPC connection (after its protocol byte).
 
     Requests run concurrently; each response is written when its handler is
-    done. A lost connection cancels the handlers still running (a blocking
-    query stops waiting).
+    done. A ``Cancel`` for a request in flight cancels its handler and no
+    answer is written; a lost connection cancels every handler still running
+    (either way a blocking query stops waiting and drops its watch).
     """
 
     log = Logger()
@@ -159,8 +193,13 @@ class RPCServerProtocol(Protocol):
         self._decoder = FrameDecoder(max_frame)
         self._max_frame = max_frame
         self._max_in_flight = max_in_flight
-        self._in_flight: set[Deferred[Response]] = set()
+        self._in_flight: dict[int, Deferred[Response]] = {}
         self._closed = False
+
+    @property
+    def in_flight(self) -> int:
+        """Requests whose handler is still running."""
+        return len(self._in_flight)
 
     def dataReceived(self, data: bytes) -> None:
         try:
@@ -184,7 +223,7 @@ class RPCServerProtocol(Protocol):
         if self._closed:
             return
         try:
-            request = Request.from_wire(payload)
+            request = client_frame_from_wire(payload)
         except MalformedFrame as e:
             self.stats["malformed_frames"] += 1
             request_id = Request.id_of(payload)
@@ -197,6 +236,14 @@ class RPCServerProtocol(Protocol):
             if request_id is not None:
                 self._respond(Response(request_id, error_to_wire(e)))
             return
+        if isinstance(request, Cancel):
+            self._cancel(request.id)
+            return
+        if request.id in self._in_flight:
+            self.stats["duplicate_ids"] += 1
+            duplicate = BadRequest(f"request ID {request.id} is in flight already")
+            self._respond(Response(request.id, error_to_wire(duplicate)))
+            return
         if len(self._in_flight) >= self._max_in_flight:
             self.stats["busy"] += 1
             busy = RPCError(f"more than {self._max_in_flight} requests in flight")
@@ -206,13 +253,24 @@ class RPCServerProtocol(Protocol):
         if d.called:
             d.addCallback(self._respond)
             return
-        self._in_flight.add(d)
+        self._in_flight[request.id] = d
 
         def done(response: Response) -> None:
-            self._in_flight.discard(d)
-            self._respond(response)
+            if self._in_flight.get(request.id) is d:
+                del self._in_flight[request.id]
+                self._respond(response)
+            # else cancelled: the client wants no answer
 
         d.addCallback(done)
+
+    def _cancel(self, request_id: int) -> None:
+        d = self._in_flight.pop(request_id, None)
+        if d is None:
+            # answered already (the answer and the cancel crossed), or never asked
+            self.stats["late_cancels"] += 1
+            return
+        self.stats["cancelled"] += 1
+        d.cancel()
 
     def _respond(self, response: Response) -> None:
         if self._closed or self.transport is None:
@@ -236,8 +294,8 @@ class RPCServerProtocol(Protocol):
                 peer=_peer(self),
                 n=self._decoder.pending,
             )
-        in_flight, self._in_flight = self._in_flight, set()
-        for d in in_flight:
+        in_flight, self._in_flight = self._in_flight, {}
+        for d in in_flight.values():
             d.cancel()
 
 
@@ -286,6 +344,17 @@ class RaftConnection(Protocol):
         if self.transport is not None and not self.closed:
             self.transport.loseConnection()
 
+    def abort(self) -> None:
+        """
+        Close at once, dropping unsent data (a dead path would hold a graceful
+        close until TCP gives up); ``closed`` from now, ``on_close`` when the
+        transport reports the loss.
+        """
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            abort = getattr(self.transport, "abortConnection", self.transport.loseConnection)
+            abort()
+
     def dataReceived(self, data: bytes) -> None:
         try:
             frames = self._decoder.feed(data)
@@ -328,8 +397,9 @@ class RPCClientProtocol(Protocol):
 
     A failed call raises what the server raised (``NotFound``, ``NoLeader``,
     ...); ``RPCTimeout`` after ``timeout`` seconds; ``RPCConnectionLost`` when the
-    connection closes first; ``RPCConnectError`` if the connection is already
-    closed (the request was never sent).
+    connection closes first (or is found dead: see the module docstring);
+    ``RPCConnectError`` if the connection is already closed (the request was
+    never sent).
     """
 
     log = Logger()
@@ -339,20 +409,82 @@ class RPCClientProtocol(Protocol):
         clock: IReactorTime,
         max_frame: int = DEFAULT_MAX_FRAME,
         stats: Counter[str] | None = None,
+        probe_interval: float = PROBE_INTERVAL,
+        dead_after: float = DEAD_AFTER,
     ) -> None:
         self._clock = clock
         self._max_frame = max_frame
         self.stats: Counter[str] = stats if stats is not None else Counter()
+        self.probe_interval = probe_interval
+        self.dead_after = dead_after
         self._decoder = FrameDecoder(max_frame)
         self._pending: dict[int, _Pending] = {}
         self._next_id = 1
         self.closed = False
         self.on_close: Callable[[], None] | None = None
         self.whenClosed: Deferred[None] = Deferred()
+        #: since when nothing came in while calls waited (None: nothing waits)
+        self._quiet_since: float | None = None
+        self._probe: IDelayedCall | None = None
+        self._ping: Deferred[Any] | None = None
+        self._dead_reason = ""
 
     def connectionMade(self) -> None:
         assert self.transport is not None
+        tune_tcp(self.transport)
         self.transport.write(bytes([PROTOCOL_RPC]))
+
+    # -- liveness ---------------------------------------------------------------------
+
+    def _waiting_changed(self) -> None:
+        """Arm the liveness check while calls wait, disarm it when none does."""
+        if self._pending and not self.closed:
+            if self._quiet_since is None:
+                self._quiet_since = self._clock.seconds()
+            if self._probe is None:
+                self._probe = self._clock.callLater(self.probe_interval, self._check)
+        else:
+            self._quiet_since = None
+            if self._probe is not None:
+                if self._probe.active():
+                    self._probe.cancel()
+                self._probe = None
+
+    def _check(self) -> None:
+        self._probe = None
+        if not self._pending or self.closed or self._quiet_since is None:
+            self._waiting_changed()
+            return
+        silence = self._clock.seconds() - self._quiet_since
+        if silence >= self.dead_after:
+            self._condemn(silence)
+            return
+        if silence >= self.probe_interval and (self._ping is None or self._ping.called):
+            self._send_ping()  # a call: it may arm the next check itself
+        if self._probe is None:
+            self._probe = self._clock.callLater(self.probe_interval, self._check)
+
+    def _send_ping(self) -> None:
+        self._ping = self.call(PING_METHOD)
+        self.stats["pings"] += 1
+        # the answer matters only as a sign of life (dataReceived); a lost
+        # connection fails the ping like any call, and that is no error
+        self._ping.addErrback(lambda f: None)
+
+    def _condemn(self, silence: float) -> None:
+        self.stats["dead_connections"] += 1
+        self._dead_reason = f"no answer for {silence:.1f}s"
+        self.log.info(
+            "RPC connection to {peer}: no answer for {seconds:.1f}s with {n} calls waiting;"
+            " closing it",
+            peer=_peer(self),
+            seconds=silence,
+            n=len(self._pending),
+        )
+        self.closed = True  # the pool dials a new connection for the next call
+        assert self.transport is not None
+        abort = getattr(self.transport, "abortConnection", self.transport.loseConnection)
+        abort()
 
     @property
     def in_flight(self) -> int:
@@ -377,13 +509,15 @@ class RPCClientProtocol(Protocol):
             return fail(BadRequest(f"cannot encode the body of {method}: {e}"))
 
         def cancel(d: Deferred[Any]) -> None:
-            self._forget(request_id)
+            if self._forget(request_id) is not None:
+                self._send_cancel(request_id)
 
         d: Deferred[Any] = Deferred(canceller=cancel)
         pending = _Pending(method, d)
         self._pending[request_id] = pending
         if timeout is not None:
             pending.timer = self._clock.callLater(timeout, self._timed_out, request_id, timeout)
+        self._waiting_changed()
         self.transport.write(frame)
         return d
 
@@ -391,18 +525,30 @@ class RPCClientProtocol(Protocol):
         pending = self._pending.pop(request_id, None)
         if pending is not None and pending.timer is not None and pending.timer.active():
             pending.timer.cancel()
+        self._waiting_changed()
         return pending
+
+    def _send_cancel(self, request_id: int) -> None:
+        """Tell the server to stop working on a request nobody waits for any more."""
+        if self.closed or self.transport is None:
+            return
+        self.stats["cancels_sent"] += 1
+        self.transport.write(encode_frame(Cancel(request_id).to_wire(), self._max_frame))
 
     def _timed_out(self, request_id: int, timeout: float) -> None:
         pending = self._pending.pop(request_id, None)
+        self._waiting_changed()
         if pending is not None:
             pending.timer = None
             self.stats["timeouts"] += 1
+            self._send_cancel(request_id)
             pending.deferred.errback(
                 RPCTimeout(f"{pending.method} got no answer within {timeout:g}s")
             )
 
     def dataReceived(self, data: bytes) -> None:
+        if self._quiet_since is not None:
+            self._quiet_since = self._clock.seconds()  # it is alive
         try:
             frames = self._decoder.feed(data)
         except MalformedFrame as e:
@@ -438,7 +584,8 @@ class RPCClientProtocol(Protocol):
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
         self.closed = True
         pending, self._pending = self._pending, {}
-        why = reason.getErrorMessage()
+        self._waiting_changed()
+        why = self._dead_reason or reason.getErrorMessage()
         for p in pending.values():
             if p.timer is not None and p.timer.active():
                 p.timer.cancel()

@@ -113,6 +113,11 @@ class WrongTypes(ConfigFiles):
             ("node_meta", "rack=r1"),
             ("node_meta", {"rack": 1}),
             ("kv_max_value_size", "512KiB"),
+            ("raft_snapshot_threshold", "100"),
+            ("raft_snapshot_threshold", True),
+            ("raft_snapshot_threshold", 0),
+            ("raft_trailing_logs", -1),
+            ("raft_trailing_logs", 1.5),
             ("data_dir", 5),
         ):
             self.assertRefused({key: value}, key)
@@ -144,6 +149,7 @@ class WrongTypes(ConfigFiles):
             ({"node_name": "no spaces"}, "node_name"),
             ({"bind_addr": "not-an-ip"}, "not an IP address"),
             ({"advertise_addr": "10.0.0.300"}, "not an IP address"),
+            ({"advertise_addr_wan": "wan.example"}, "not an IP address"),
             ({"log_level": "loud"}, "unknown log_level"),
             ({"bootstrap_expect": -1}, "must not be negative"),
             ({"server": False, "bootstrap_expect": 3, "dev": False, "data_dir": "/d"}, "server"),
@@ -227,6 +233,18 @@ class BadEncryptKey(ConfigFiles):
         self.assertEqual(config.encrypt, KEY_16)
 
 
+class RaftSettings(ConfigFiles):
+    def test_snapshot_settings_load_and_default_to_rafts_own(self) -> None:
+        given = {"raft_snapshot_threshold": 100, "raft_trailing_logs": 10}
+        config = load(DEV, [self.write("agent.json", given)])
+        self.assertEqual((config.raft_snapshot_threshold, config.raft_trailing_logs), (100, 10))
+        config = load(DEV, [self.write("agent.json", {})])
+        self.assertEqual((config.raft_snapshot_threshold, config.raft_trailing_logs), (None, None))
+
+    def test_not_positive_is_refused_by_name(self) -> None:
+        self.assertRefused({"raft_trailing_logs": 0}, "raft_trailing_logs must be positive")
+
+
 class BadServiceDefinitions(ConfigFiles):
     def test_talks_example_loads(self) -> None:
         path = self.write(
@@ -300,6 +318,17 @@ class TwistdOptions(ConfigFiles):
         options = self.parse("--dev", "--http-port", "0", "--dc", "east")
         assert options.config is not None
         self.assertEqual((options.config.ports["http"], options.config.datacenter), (0, "east"))
+
+    def test_advertise_and_advertise_wan(self) -> None:
+        options = self.parse("--dev", "--advertise", "10.0.0.7", "--advertise-wan", "192.0.2.7")
+        assert options.config is not None
+        self.assertEqual(
+            (options.config.advertise, options.config.advertise_wan), ("10.0.0.7", "192.0.2.7")
+        )
+        options = self.parse("--dev", "--advertise", "10.0.0.7")
+        assert options.config is not None
+        self.assertEqual(options.config.advertise_wan, "10.0.0.7")  # Consul's fallback
+        self.assertUsageError(["--dev", "--advertise-wan", "nowhere"], "advertise_addr_wan")
 
     def test_bad_ports(self) -> None:
         for flag in ("--http-port", "--dns-port", "--serf-lan-port", "--serf-wan-port"):

@@ -3,6 +3,16 @@ Real ``twistd`` agents as child processes, for tests that need a whole process.
 
 Each agent gets free ports on 127.0.0.1 and its own data directory; it is
 stopped by its process id (SIGTERM, then SIGKILL if it will not go).
+
+A free port is found by binding it and closing it again, and the agent binds
+it a second or so later: meanwhile another test (another trial worker, another
+suite on the same machine) may have picked and bound the same one. So the
+ports given as ``ports`` to ``spawn_twistd`` are the harness's to change: an
+agent that exits on its first start because a port was taken ("Address
+already in use") is started again, on fresh ports written into the same
+dict, which callers read (``ServerProcess.url``, ``wait_for_leader``) after
+the agent is up. A restart keeps its ports: a server's RPC address is its
+identity in the Raft configuration.
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import treq
@@ -55,24 +66,55 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+#: what an agent prints when it cannot bind a port (twistd's CannotListenError)
+BIND_FAILED = b"Address already in use"
+#: how many times an agent that lost a port race is started on fresh ports
+BIND_ATTEMPTS = 4
+
+
 class AgentProcess(ProcessProtocol):
-    """A child process whose output is kept and whose end can be awaited."""
+    """
+    A child process whose output is kept and whose end can be awaited.
+
+    With ``respawn`` set, an end caused by a port that was taken before the
+    agent bound it is not the end: ``respawn()`` picks fresh ports and starts
+    the process again (at most ``BIND_ATTEMPTS`` times), on this same object.
+    """
 
     def __init__(self) -> None:
         self.output = b""
         self.ended: Deferred[int | None] = Deferred()
         self.exit_code: int | None = None
         self.signal: int | None = None
+        #: the port flags of this agent (``{"http-port": n, ...}``), as it runs now
+        self.ports: dict[str, int] = {}
+        self.respawn: Callable[[], None] | None = None
+        self.respawns = 0
+        self._attempt_start = 0
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         self.output += data
 
     def processEnded(self, reason: Failure) -> None:
+        exit_code: int | None = None
+        sig: int | None = None
         if reason.check(ProcessDone):
-            self.exit_code = 0
+            exit_code = 0
         elif reason.check(ProcessTerminated):
             value: Any = reason.value
-            self.exit_code, self.signal = value.exitCode, value.signal
+            exit_code, sig = value.exitCode, value.signal
+        if (
+            self.respawn is not None
+            and exit_code not in (0, None)
+            and BIND_FAILED in self.output[self._attempt_start :]
+            and self.respawns < BIND_ATTEMPTS
+        ):
+            self.respawns += 1
+            self.output += b"\n--- a port was taken before the agent bound it: new ports ---\n"
+            self._attempt_start = len(self.output)
+            self.respawn()
+            return
+        self.exit_code, self.signal = exit_code, sig
         self.ended.callback(self.exit_code)
 
     @property
@@ -87,49 +129,79 @@ class AgentProcess(ProcessProtocol):
                 pass
 
 
+#: the port flags ``spawn_twistd`` gives free ports unless told otherwise
+DEFAULT_PORT_FLAGS = ("serf-lan-port", "serf-wan-port", "server-port")
+
+
 def spawn_twistd(
     reactor: Any,
     args: list[str],
     cwd: str,
     env: dict[str, str] | None = None,
     prefix: list[str] | None = None,
+    ports: dict[str, int] | None = None,
+    repick: bool = True,
+    host: str = "127.0.0.1",
 ) -> AgentProcess:
     """
-    Run ``twistd -n --pidfile= txconsul ARGS`` with this Python, its gossip
-    pools on free ports unless ARGS name them (a later flag wins); ``env`` is
+    Run ``twistd -n --pidfile= txconsul ARGS`` with this Python; ``env`` is
     added to this process's environment, and ``prefix`` is a command that
     ``exec``s the rest (it keeps the process id, so signals still reach twistd).
+
+    :param ports: port flags (``{"http-port": n}``) to pass; the gossip and
+        server ports get free ports unless named here or in ``args`` (a later
+        flag wins). The dict is the process's ``ports``, kept up to date.
+    :param repick: start again on fresh ports if a port was taken before the
+        agent bound it (see the module docstring); off for a restart.
+    :param host: the address the agent binds, where ports are looked for.
     """
     proto = AgentProcess()
-    argv = [
-        *(prefix or []),
-        sys.executable,
-        "-c",
-        "from twisted.scripts.twistd import run; run()",
-        "-n",
-        "--pidfile=",
-        "txconsul",
-        "--serf-lan-port",
-        str(free_port()),
-        "--serf-wan-port",
-        str(free_port()),
-        "--server-port",
-        str(free_port()),
-        *args,
-    ]
-    reactor.spawnProcess(proto, argv[0], argv, env={**os.environ, **(env or {})}, path=cwd)
+    chosen = ports if ports is not None else {}
+    for flag in DEFAULT_PORT_FLAGS:
+        if f"--{flag}" not in args:
+            chosen.setdefault(flag, free_port(host))
+    proto.ports = chosen
+
+    def spawn() -> None:
+        argv = [
+            *(prefix or []),
+            sys.executable,
+            "-c",
+            "from twisted.scripts.twistd import run; run()",
+            "-n",
+            "--pidfile=",
+            "txconsul",
+            *[a for flag, port in chosen.items() for a in (f"--{flag}", str(port))],
+            *args,
+        ]
+        reactor.spawnProcess(proto, argv[0], argv, env={**os.environ, **(env or {})}, path=cwd)
+
+    def respawn() -> None:
+        for flag, port in chosen.items():
+            if port > 0:  # 0 and -1 (off) stay as they are
+                chosen[flag] = free_port(host)
+        spawn()
+
+    if repick:
+        proto.respawn = respawn
+    spawn()
     return proto
 
 
 async def wait_for_leader(
-    reactor: Any, http_port: int, proto: AgentProcess, limit: float = 20.0
+    reactor: Any, http_port: int | None, proto: AgentProcess, limit: float = 20.0
 ) -> str:
-    """Poll ``/v1/status/leader`` until it answers, the process dies, or ``limit`` passes."""
-    url = f"http://127.0.0.1:{http_port}/v1/status/leader"
+    """
+    Poll ``/v1/status/leader`` until it answers, the process dies, or ``limit``
+    passes. The port is ``proto.ports["http-port"]`` when the harness chose it
+    (it may change if the agent had to start again), else ``http_port``.
+    """
     waited = 0.0
     while waited < limit:
         if proto.ended.called:
             raise RuntimeError(f"agent exited early:\n{proto.output.decode(errors='replace')}")
+        port = proto.ports.get("http-port", http_port)
+        url = f"http://127.0.0.1:{port}/v1/status/leader"
         try:
             response = await treq.get(url, timeout=1, persistent=False)
             body: bytes = await response.content()
@@ -169,7 +241,8 @@ class ServerProcess:
     One ``--server`` agent of a real cluster on ``host`` (or, with
     ``server=False``, a client agent): its ports are chosen once, so that it
     restarts on the same ports with the same data directory (the other
-    servers know it by its RPC address).
+    servers know it by its RPC address). ``config`` is added to its config
+    file (``FAST_CONFIG``).
     """
 
     def __init__(
@@ -181,6 +254,7 @@ class ServerProcess:
         env: dict[str, str] | None = None,
         prefix: list[str] | None = None,
         server: bool = True,
+        config: dict[str, Any] | None = None,
     ) -> None:
         self.name = name
         self.server = server
@@ -197,7 +271,7 @@ class ServerProcess:
         }
         self.config_file = os.path.join(self.dir, "fast.json")
         with open(self.config_file, "w") as f:
-            json.dump(FAST_CONFIG, f)
+            json.dump({**FAST_CONFIG, **(config or {})}, f)
         self.proto: AgentProcess | None = None
         #: the output of earlier runs (before a kill), for failure reports
         self.past_output = b""
@@ -221,13 +295,12 @@ class ServerProcess:
         return self.proto is not None and not self.proto.ended.called
 
     def args(self, join: list[str]) -> list[str]:
+        """The flags of this agent, its ports aside (``spawn_twistd`` adds ``ports``)."""
         out = ["--node", self.name, "--data-dir", self.data_dir]
         if self.server:
             out += ["--server", "--bootstrap-expect", str(self.bootstrap_expect)]
         out += ["--bind", self.host, "--client", self.host]
         out += ["--config-file", self.config_file]
-        for flag, port in self.ports.items():
-            out += [f"--{flag}", str(port)]
         for address in join:
             out += ["--retry-join", address]
         return out
@@ -238,7 +311,17 @@ class ServerProcess:
             raise RuntimeError(f"{self.name} is running already")
         if self.proto is not None:
             self.past_output += self.proto.output + b"\n--- restarted ---\n"
-        self.proto = spawn_twistd(reactor, self.args(join), self.dir, self.env, self.prefix)
+        # new ports only on the first start: the others know this agent by them
+        self.proto = spawn_twistd(
+            reactor,
+            self.args(join),
+            self.dir,
+            self.env,
+            self.prefix,
+            ports=self.ports,
+            repick=self.starts == 0,
+            host=self.host,
+        )
         self.starts += 1
         self.started_at = time.monotonic()
         return self.proto
@@ -265,7 +348,8 @@ class ServerCluster:
     """
     ``n`` server processes on ``hosts`` (one address each, or all on one), each
     joining the others with ``--retry-join`` and ``--bootstrap-expect n``, and
-    ``clients`` client agents joining the servers.
+    ``clients`` client agents joining the servers; ``config`` goes into
+    every server's config file.
     """
 
     def __init__(
@@ -277,13 +361,16 @@ class ServerCluster:
         env: dict[int, dict[str, str]] | None = None,
         prefix: dict[int, list[str]] | None = None,
         clients: int = 0,
+        config: dict[str, Any] | None = None,
     ) -> None:
         self.reactor = reactor
         hosts = hosts or ["127.0.0.1"] * n
         env = env or {}
         prefix = prefix or {}
         self.servers = [
-            ServerProcess(f"s{i + 1}", hosts[i], base_dir, n, env.get(i), prefix.get(i))
+            ServerProcess(
+                f"s{i + 1}", hosts[i], base_dir, n, env.get(i), prefix.get(i), config=config
+            )
             for i in range(n)
         ]
         self.clients = [

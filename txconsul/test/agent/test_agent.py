@@ -12,6 +12,7 @@ from typing import Any
 from twisted.application.service import IServiceMaker
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs, formatEvent
+from twisted.names import dns
 from twisted.plugin import getPlugins
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -79,6 +80,24 @@ class MemoryAgentTests(SynchronousTestCase):
         self.assertEqual(indexes, sorted(set(indexes)))
         self.assertEqual(node.core.commit_index, agent.store.last_index)
         self.assertIsNone(node._timer)  # a lone in-memory voter needs no Raft timer
+
+    def test_the_dns_soa_serial_is_wall_clock_time_not_the_reactors(self) -> None:
+        # the agent's reactor runs on the monotonic clock (seconds since boot)
+        self.reactor = MemoryReactorClock()
+        self.reactor.advance(12_345)
+        config = load({"dev": True, "node_name": "n1", "ports": {"dns": 0}})
+        wall = [1_732_500_000.7]
+        agent = Agent(config, self.reactor, random.Random(0), wall=lambda: wall[0])
+        agent.startService()
+        self.addCleanup(agent.stopService)
+        self.successResultOf(agent.when_ready())
+        assert agent.dns is not None
+        answer = agent.dns.authority.lookup(b"nobody.node.consul", dns.A)
+        [soa] = answer.authority
+        self.assertEqual(soa.payload.serial, 1_732_500_000)
+        wall[0] += 60
+        [soa] = agent.dns.authority.lookup(b"consul", dns.SOA).answers
+        self.assertEqual(soa.payload.serial, 1_732_500_060)
 
     def test_server_without_bootstrap_waits_to_be_added_to_a_cluster(self) -> None:
         self.reactor = MemoryReactorClock()

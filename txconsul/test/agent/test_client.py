@@ -7,112 +7,39 @@ py-consul talks to the client, as a Consul user's code would.
 
 from __future__ import annotations
 
-import base64
 import functools
 import json
 import os
 import time
-from collections.abc import Callable
 from typing import Any
 
-import consul
+import treq
 from twisted.internet import reactor  # noqa: TID251 (real-socket test)
-from twisted.internet.defer import gatherResults
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
 from twisted.internet.threads import deferToThread
 from twisted.names import client as dns_client
 from twisted.names import dns
-from twisted.trial.unittest import TestCase
+from twisted.names.error import DNSQueryTimeoutError, DNSServerError
 
 from txconsul.agent.agent import Agent
-from txconsul.testing.agent import api_call, make_agent, start_agent
-from txconsul.testing.polling import poll_until
-
-FAST = {"probe_interval": "100ms", "probe_timeout": "50ms", "gossip_interval": "20ms"}
+from txconsul.test.agent.support import FAST, ClusterTestCase, lan
+from txconsul.testing.agent import api_call, start_agent
 
 
-def lan(agent: Agent) -> str:
-    assert agent.membership.lan is not None
-    return "127.0.0.1:%d" % agent.membership.lan.gossip.address()[1]
-
-
-class ClientClusterTestCase(TestCase):
-    """Three servers (s1-s3) and client agents joined to them."""
-
-    timeout = 60
-
-    def server(self, name: str, **flags: Any) -> Agent:
-        return make_agent(
-            self,
-            reactor,
-            node_name=name,
-            dev=False,
-            server=True,
-            bootstrap_expect=3,
-            data_dir=self.mktemp(),
-            gossip_lan=FAST,
-            gossip_wan=FAST,
-            ports={"server": 0},
-            **flags,
-        )
-
-    async def cluster(self) -> list[Agent]:
-        s1 = self.server("s1")
-        s2 = self.server("s2", start_join=[lan(s1)])
-        s3 = self.server("s3", start_join=[lan(s1)])
-        servers = [s1, s2, s3]
-        await gatherResults([a.when_ready() for a in servers])
-        return servers
-
-    async def client(
-        self, name: str, servers: list[Agent], dirs: tuple[str, ...] = (), **flags: Any
-    ) -> Agent:
-        flags.setdefault("start_join", [lan(servers[0])])
-        return await start_agent(
-            self,
-            reactor,
-            dirs=dirs,
-            node_name=name,
-            dev=False,
-            server=False,
-            data_dir=self.mktemp(),
-            gossip_lan=FAST,
-            **flags,
-        )
-
-    def py_consul(self, agent: Agent, **kw: Any) -> consul.Consul:
-        host, port = agent.http.address()
-        c = consul.Consul(host=host, port=port, **kw)
-        self.addCleanup(c.http.session.close)
-        return c
-
-    def call(self, f: Callable[..., Any], *args: Any, **kw: Any) -> Any:
-        """One blocking py-consul call, in a thread while the reactor serves it."""
-        return deferToThread(f, *args, **kw)
-
-    async def wait_for(self, condition: Callable[[], Any], limit: float = 15.0) -> None:
-        if not await poll_until(reactor, condition, limit):
-            self.fail(f"condition not met within {limit}s")
-
-    def leader(self, servers: list[Agent]) -> Agent:
-        leaders = [s for s in servers if s.running and s.consensus.is_leader()]
-        assert len(leaders) == 1, leaders
-        return leaders[0]
+class ClientClusterTestCase(ClusterTestCase):
+    """The shared fixtures, and what only the client tests ask."""
 
     @staticmethod
     def has_service(server: Agent, node: str, sid: str) -> bool:
         return sid in server.store.catalog.services.get(node, {})
 
     async def stale_value(self, agent: Agent, key: str, want: str) -> bool:
-        return await self.kv(agent, key + "?stale") == want
+        return await self.stale_kv(agent, key) == want
 
     async def equals(self, got: Any, want: Any) -> bool:
         return bool(await got == want)
-
-    async def kv(self, agent: Agent, key: str, query: str = "") -> str | None:
-        code, body = await api_call(agent, "GET", f"/v1/kv/{key}{query}")
-        if code != 200:
-            return None
-        return base64.b64decode(body[0]["Value"]).decode()
 
 
 class ClientForwardingTests(ClientClusterTestCase):
@@ -229,6 +156,75 @@ class ClientForwardingTests(ClientClusterTestCase):
         )
         self.assertIsNotNone(failure)
 
+    async def test_agent_self_on_a_client_names_the_leader(self) -> None:
+        servers = await self.cluster()
+        await self.wait_for(lambda: len(self.leaders(servers)) == 1)
+        leader = self.leader(servers)
+        c1 = await self.client("c1", servers)
+        me = await self.call(self.py_consul(c1).agent.self)
+        stats = me["Stats"]["consul"]
+        self.assertEqual(stats["leader_addr"], leader.config.rpc_address)
+        self.assertEqual((stats["server"], stats["leader"]), ("false", "false"))
+        self.assertEqual(stats["known_servers"], "3")
+        self.assertIs(me["Config"]["Server"], False)
+
+    async def test_dns_without_allow_stale_is_answered_by_the_leader(self) -> None:
+        servers = await self.cluster()
+        await self.wait_for(lambda: len(self.leaders(servers)) == 1)
+        leader = self.leader(servers)
+        follower = next(s for s in servers if s is not leader)
+        await self.wait_for(lambda: self.knows(follower, leader))
+        strict = await self.client(
+            "strict", servers, ports={"dns": 0}, dns_config={"allow_stale": False}
+        )
+        stale = await self.client("stale", servers, ports={"dns": 0})
+        for agent in (strict, stale):
+            agent.remote.forwarder.preferred = follower.config.rpc_address
+
+        # the follower sends the strict client's question on to the leader
+        self.assertEqual(await self.resolve(strict, "s1.node.consul"), ["127.0.0.1"])
+        forwarded = follower.remote.sent.get("DNS.Lookup", 0)
+        self.assertGreaterEqual(forwarded, 1)
+        # the default (allow_stale) is answered by the follower itself
+        self.assertEqual(await self.resolve(stale, "s2.node.consul"), ["127.0.0.1"])
+        self.assertEqual(follower.remote.sent.get("DNS.Lookup", 0), forwarded)
+
+    async def resolve(self, agent: Agent, name: str) -> list[str]:
+        """The A records of ``name`` from ``agent``'s DNS, asked until it answers."""
+        assert agent.dns is not None
+        resolver = dns_client.Resolver(servers=[agent.dns.address()], reactor=reactor)
+        got: list[str] = []
+
+        async def answered() -> bool:
+            # SERVFAIL while a leader's lease lapses (a loaded machine) is right; ask again
+            try:
+                answers, _, _ = await resolver.lookupAddress(name, timeout=[2])
+            except (dns.DomainError, DNSServerError, DNSQueryTimeoutError):
+                return False
+            got[:] = [a.payload.dottedQuad() for a in answers]
+            return True
+
+        await self.wait_for(answered)
+        return got
+
+    async def test_a_followers_own_dns_without_allow_stale_asks_the_leader(self) -> None:
+        strict = {"ports": {"dns": 0}, "dns_config": {"allow_stale": False}}
+        s1 = self.server("s1", **strict)
+        servers = [s1] + [
+            self.server(name, start_join=[lan(s1)], **strict) for name in ("s2", "s3")
+        ]
+        await gatherResults([s.when_ready() for s in servers])
+        await self.wait_for(lambda: len(self.leaders(servers)) == 1)
+        leader = self.leader(servers)
+        for follower in servers:
+            if follower is leader:
+                continue
+            await self.wait_for(functools.partial(self.knows, follower, leader))
+            self.assertEqual(await self.resolve(follower, "s3.node.consul"), ["127.0.0.1"])
+            self.assertGreaterEqual(follower.remote.sent.get("DNS.Lookup", 0), 1)
+        self.assertEqual(await self.resolve(leader, "s1.node.consul"), ["127.0.0.1"])
+        self.assertIsNone(leader.remote.sent.get("DNS.Lookup"))  # the leader answers itself
+
     async def test_a_stopped_server_is_retried_around(self) -> None:
         servers = await self.cluster()
         c1 = await self.client("c1", servers)
@@ -264,7 +260,11 @@ class ClientForwardingTests(ClientClusterTestCase):
         ]:
             code, body = await api_call(c1, method, path)
             self.assertEqual((code, body), (500, "No known Consul servers\n"), path)
-        # its own endpoints still answer, and a registration waits for a server
+        # its own endpoints still answer (it knows no leader), and a registration waits
+        code, me = await api_call(c1, "GET", "/v1/agent/self")
+        self.assertEqual(code, 200)
+        self.assertEqual(me["Stats"]["consul"]["leader_addr"], "")
+        self.assertEqual(me["Stats"]["consul"]["known_servers"], "0")
         code, _ = await api_call(
             c1, "PUT", "/v1/agent/service/register", json.dumps({"Name": "web"}).encode()
         )
@@ -329,3 +329,63 @@ class ClientStateTests(ClientClusterTestCase):
         self.assertEqual([e["Node"]["Node"] for e in entries], ["c1"])
         # within the failure detection of these gossip timings (100 ms probes)
         self.assertLess(detected, 5.0)
+
+
+class _HTTPRequest(Protocol):
+    """One raw HTTP request on its own connection, which the test drops at will."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.received = b""
+        self.closed: Deferred[None] = Deferred()
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(f"GET {self.path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.closed.callback(None)
+
+
+class AbandonedQueryTests(ClientClusterTestCase):
+    """A blocking query whose HTTP client goes away is dropped on the server too."""
+
+    async def test_abandoned_blocking_queries_do_not_pile_up_on_the_server(self) -> None:
+        s1 = self.server("s1", bootstrap_expect=0, bootstrap=True)
+        await s1.when_ready()
+        c1 = await self.client("c1", [s1])
+        assert s1.servers is not None and s1.servers.listener is not None
+        rpc = s1.servers.listener.factory
+        code, _ = await api_call(c1, "PUT", "/v1/kv/watched", b"1")
+        self.assertEqual(code, 200)
+        index = s1.store.kv.get("watched").modify_index
+        host, port = c1.http.address()
+        endpoint = TCP4ClientEndpoint(reactor, host, port)
+        n = 40
+        for _round in range(3):
+            queries = [_HTTPRequest(f"/v1/kv/watched?index={index}&wait=5m") for _ in range(n)]
+            for query in queries:
+                await connectProtocol(endpoint, query)
+            # every query waits on the server, in one RPC each
+            await self.wait_for(lambda: len(s1.store.watches) == n and rpc.in_flight() == n)
+            for query in queries:
+                assert query.transport is not None
+                query.transport.abortConnection()
+            await gatherResults([q.closed for q in queries])
+            # gone from the server at once, not when their 5 minutes are up
+            await self.wait_for(lambda: len(s1.store.watches) == 0 and rpc.in_flight() == 0, 5)
+            self.assertEqual([q.received for q in queries], [b""] * n)
+        self.assertEqual(rpc.stats["cancelled"], 3 * n)
+        # the connection to the server serves on: a write wakes a new query
+        waiting = treq.get(
+            f"http://{host}:{port}/v1/kv/watched?index={index}&wait=5m", persistent=False
+        )
+        await self.wait_for(lambda: len(s1.store.watches) == 1)
+        code, _ = await api_call(c1, "PUT", "/v1/kv/watched", b"2")
+        self.assertEqual(code, 200)
+        response = await waiting
+        self.assertEqual(response.code, 200)
+        self.assertGreater(int(response.headers.getRawHeaders(b"x-consul-index")[0]), index)

@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred, fail
 
 from txconsul.agent.agent import Agent
 from txconsul.rpc.errors import RPCConnectError
-from txconsul.test.agent.test_client import ClientClusterTestCase
+from txconsul.test.agent.support import ClusterTestCase
 from txconsul.testing.agent import api_call, http_address
 
 
@@ -53,7 +53,7 @@ def partition(a: Agent, b: Agent) -> None:
         servers.client.call = call_unless_cut  # type: ignore[method-assign]
 
 
-class ConsistencyTests(ClientClusterTestCase):
+class ConsistencyTests(ClusterTestCase):
     async def get(self, agent: Agent, path: str) -> tuple[int, dict[str, str], Any]:
         response = await treq.get(f"http://{http_address(agent)}{path}", persistent=False)
         body = await response.text()

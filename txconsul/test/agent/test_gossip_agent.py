@@ -19,8 +19,15 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from txconsul.agent.agent import Agent
-from txconsul.agent.membership import JoinFailed, parse_join_address
+from txconsul.agent.membership import (
+    JoinFailed,
+    lan_merge_check,
+    parse_join_address,
+    wan_merge_check,
+)
+from txconsul.errors import BadRequest
 from txconsul.gossip.keyring import KeyringError
+from txconsul.rpc.protocol import RPCClient
 from txconsul.testing.agent import api_call, make_agent, start_agent
 from txconsul.testing.polling import poll_until
 from txconsul.testing.process import free_port
@@ -301,7 +308,10 @@ class SnapshotRejoinTests(GossipAgentTestCase):
         both = {"s1.dc1": 1, "s2.dc2": 1}
         await self.wait_for(functools.partial(self.has_statuses, s1, both, "?wan=1"))
         self.assertTrue(os.path.exists(os.path.join(s2.config.data_dir, "serf", "remote.snapshot")))
-        s2 = await self.restarted(s2, self.gossip_ports(s2))
+        assert s2.servers is not None and s2.servers.listener is not None
+        # the same RPC port: it is the server's identity in its Raft configuration
+        ports = {**self.gossip_ports(s2), "server": s2.servers.listener.address()[1]}
+        s2 = await self.restarted(s2, ports)
         await self.wait_for(functools.partial(self.has_statuses, s2, both, "?wan=1"))
         self.assertEqual(set(await self.members(s2)), {"s2"})  # its LAN pool is its own
 
@@ -326,6 +336,95 @@ class WANTests(GossipAgentTestCase):
         self.assertEqual(await self.members(c1, "?wan=1"), {})
         code, _ = await self.http(c1, "PUT", "/v1/agent/join/127.0.0.1:1?wan=1")
         self.assertEqual(code, 400)
+
+
+class MergeRuleTests(GossipAgentTestCase):
+    """Consul's merge delegates: a LAN pool per datacenter, a WAN pool of servers."""
+
+    def test_lan_rules(self) -> None:
+        check = lan_merge_check("dc1", "id-1", "a")
+        ok = [
+            ("a", {"role": "node", "dc": "dc1", "id": "id-1"}),
+            ("b", {"role": "consul", "dc": "dc1", "id": "id-2"}),
+            ("plain-serf", {"role": "web"}),
+            ("A", {"role": "node", "dc": "dc1", "id": "id-1"}),  # names compare without case
+        ]
+        self.assertIsNone(check(ok[:3]))
+        self.assertIsNone(check(ok[3:]))
+        for members, why in (
+            ([("c", {"role": "node", "dc": "dc2"})], "Member 'c' part of wrong datacenter 'dc2'"),
+            (
+                [("s", {"role": "consul", "dc": "east"})],
+                "Member 's' part of wrong datacenter 'east'",
+            ),
+            ([("c", {"role": "node"})], "Member 'c' part of wrong datacenter ''"),
+            (
+                [("c", {"role": "node", "dc": "dc1", "id": "id-1"})],
+                "Member 'c' has conflicting node ID 'id-1' with this agent's ID",
+            ),
+            (
+                [("b", {"id": "id-9"}), ("c", {"id": "id-9"})],
+                "Member 'c' has conflicting node ID 'id-9' with member 'b'",
+            ),
+            (
+                [("c", {"role": "node", "dc": "dc1", "segment": "alpha"})],
+                "Member 'c' part of wrong segment 'alpha' (expected '')",
+            ),
+        ):
+            self.assertEqual(check(members), why)
+
+    def test_wan_rule(self) -> None:
+        self.assertIsNone(wan_merge_check([("s1.dc1", {"role": "consul", "dc": "dc1"})]))
+        for tags in ({"role": "node", "dc": "dc1"}, {"role": "web"}, {}):
+            self.assertEqual(wan_merge_check([("x", tags)]), "Member 'x' is not a server")
+
+    async def test_an_agent_of_another_datacenter_cannot_join_the_lan_pool(self) -> None:
+        s1 = await self.agent("s1", server=True)
+        c2 = await self.agent("c2", datacenter="dc2")
+        code, reason = await self.http(c2, "PUT", f"/v1/agent/join/{lan(s1)}")
+        self.assertEqual(code, 500)
+        self.assertIn(
+            f"Failed to join {lan(s1)}: Member 'c2' part of wrong datacenter 'dc2'", reason
+        )
+        self.assertEqual(set(await self.members(s1)), {"s1"})
+        self.assertEqual(set(await self.members(c2)), {"c2"})
+
+    async def test_only_servers_join_the_wan_pool(self) -> None:
+        s1 = await self.agent("s1", server=True)
+        c1 = await self.agent("c1")
+        # a client's LAN pool knocking at a server's WAN port
+        code, reason = await self.http(c1, "PUT", f"/v1/agent/join/{wan(s1)}")
+        self.assertEqual(code, 500)
+        self.assertIn("Member 'c1' is not a server", reason)
+        self.assertEqual(set(await self.members(s1, "?wan=1")), {"s1.dc1"})
+
+
+class AdvertiseTests(GossipAgentTestCase):
+    """advertise_addr and advertise_addr_wan reach the pools (Consul's AdvertiseAddr)."""
+
+    async def test_members_reach_an_agent_at_its_advertised_address(self) -> None:
+        s1 = await self.agent("s1", server=True)
+        # c1 binds 127.0.0.1 and advertises 127.0.0.5, where nothing listens
+        c1 = await self.agent("c1", advertise_addr="127.0.0.5", start_join=[lan(s1)])
+        port = int(lan(c1).rsplit(":", 1)[1])
+        for agent in (s1, c1):
+            c1_member = (await self.members(agent))["c1"]
+            self.assertEqual((c1_member["Addr"], c1_member["Port"]), ("127.0.0.5", port))
+        self.assertEqual((await self.members(s1))["s1"]["Addr"], "127.0.0.1")
+        # s1 really sends there: its probes go unanswered and c1 fails
+        await self.wait_for(lambda: self.equals(self.statuses(s1), {"s1": 1, "c1": 4}))
+
+    async def test_a_server_advertises_its_wan_address_on_the_wan_pool_only(self) -> None:
+        s1 = await self.agent("s1", server=True, advertise_addr_wan="127.0.0.6")
+        s2 = await self.agent("s2", server=True, datacenter="dc2")
+        self.assertEqual((await self.http(s2, "PUT", f"/v1/agent/join/{wan(s1)}?wan=1"))[0], 200)
+        listing = await self.members(s2, "?wan=1")
+        self.assertEqual(
+            (listing["s1.dc1"]["Addr"], listing["s1.dc1"]["Port"]),
+            ("127.0.0.6", int(wan(s1).rsplit(":", 1)[1])),
+        )
+        self.assertEqual((await self.members(s1, "?wan=1"))["s1.dc1"]["Addr"], "127.0.0.6")
+        self.assertEqual((await self.members(s1))["s1"]["Addr"], "127.0.0.1")
 
 
 class EncryptionTests(GossipAgentTestCase):
@@ -395,17 +494,20 @@ class EncryptionTests(GossipAgentTestCase):
         )
         self.assertEqual((listing["Datacenter"], listing["Messages"]), ("dc1", {}))
         self.assertEqual((await self.http(c1, "PUT", "/v1/operator/keyring", other))[0], 200)
-        # a client reaches the LAN pool only: the server's WAN keyring did not
-        # get the key, so the server refuses to make it primary there
-        code, reason = await self.http(s1, "PUT", "/v1/operator/keyring", other)
-        self.assertEqual(code, 500)
-        self.assertIn("WAN error: 1/1 nodes reported failure", reason)
-        self.assertIn("s1.dc1: Requested key is not in the keyring", reason)
+        # a client hands the operation to a server, which runs it on the WAN
+        # pool as well, as Consul does
+        assert s1.membership.wan is not None and s1.membership.wan.keyring is not None
+        self.assertEqual(s1.membership.wan.keyring.keys[0], base64.b64decode(OTHER_KEY))
         old = json.dumps({"Key": KEY}).encode()
         self.assertEqual((await self.http(c2, "DELETE", "/v1/operator/keyring", old))[0], 200)
-        listing = await self.lan_keys(c1)
+        code, pools = await self.http(c1, "GET", "/v1/operator/keyring")
+        self.assertEqual(code, 200, pools)
         self.assertEqual(
-            (listing["Keys"], listing["PrimaryKeys"]), ({OTHER_KEY: 3}, {OTHER_KEY: 3})
+            [(p["WAN"], p["Datacenter"], p["Keys"], p["PrimaryKeys"]) for p in pools],
+            [
+                (True, "dc1", {OTHER_KEY: 1}, {OTHER_KEY: 1}),
+                (False, "dc1", {OTHER_KEY: 3}, {OTHER_KEY: 3}),
+            ],
         )
         # every member saved its keyring; a restart (still configured with the
         # old key) uses the saved one and finds the pool again
@@ -419,6 +521,67 @@ class EncryptionTests(GossipAgentTestCase):
         self.assertEqual((await self.lan_keys(c2, "?local-only=true"))["Keys"], {OTHER_KEY: 1})
         await self.wait_for(functools.partial(self.has_statuses, s1, everyone))
         await self.wait_for(functools.partial(self.has_statuses, c2, everyone))
+
+    async def test_a_change_through_a_client_reaches_every_pool_of_every_datacenter(self) -> None:
+        """Consul's Internal.KeyringOperation: WAN, this LAN, other LANs via their servers."""
+        s1 = await self.agent("s1", server=True, encrypt=KEY)
+        c1 = await self.agent("c1", encrypt=KEY, start_join=[lan(s1)])
+        s2 = await self.agent("s2", server=True, encrypt=KEY, datacenter="dc2")
+        c2 = await self.agent("c2", encrypt=KEY, datacenter="dc2", start_join=[lan(s2)])
+        self.assertEqual((await self.http(s2, "PUT", f"/v1/agent/join/{wan(s1)}?wan=1"))[0], 200)
+        both = {"s1.dc1": 1, "s2.dc2": 1}
+        await self.wait_for(functools.partial(self.has_statuses, s1, both, "?wan=1"))
+        await self.wait_for(lambda: self.equals(self.statuses(s1), {"s1": 1, "c1": 1}))
+        await self.wait_for(lambda: self.equals(self.statuses(s2), {"s2": 1, "c2": 1}))
+        await self.wait_for(lambda: self.equals(self.statuses(c1), {"s1": 1, "c1": 1}))
+        other = json.dumps({"Key": OTHER_KEY}).encode()
+        self.assertEqual(await self.http(c1, "POST", "/v1/operator/keyring", other), (200, ""))
+        code, pools = await self.http(c1, "GET", "/v1/operator/keyring")
+        self.assertEqual(code, 200, pools)
+        self.assertEqual(
+            [(p["WAN"], p["Datacenter"], p["Keys"], p["NumNodes"], p["NumResp"]) for p in pools],
+            [
+                (True, "dc1", {KEY: 2, OTHER_KEY: 2}, 2, 2),
+                (False, "dc1", {KEY: 2, OTHER_KEY: 2}, 2, 2),
+                (False, "dc2", {KEY: 2, OTHER_KEY: 2}, 2, 2),
+            ],
+        )
+        self.assertNotIn("Error", pools[0])
+        # a client of the other datacenter saw the change in its own keyring
+        self.assertEqual(
+            (await self.lan_keys(c2, "?local-only=true"))["Keys"], {KEY: 1, OTHER_KEY: 1}
+        )
+        # a refusal anywhere names the pool and the member
+        primary = json.dumps({"Key": KEY}).encode()
+        code, reason = await self.http(c2, "DELETE", "/v1/operator/keyring", primary)
+        self.assertEqual(code, 500)
+        self.assertIn("WAN error: 2/2 nodes reported failure", reason)
+        self.assertIn("dc1 (LAN) error: 2/2 nodes reported failure", reason)
+        self.assertIn("dc2 (LAN) error: 2/2 nodes reported failure", reason)
+        self.assertIn("c1: Removing the primary key is not allowed", reason)
+        self.assertIn("s2.dc2: Removing the primary key is not allowed", reason)
+
+    async def test_keyring_rpc_refuses_bad_requests(self) -> None:
+        s1 = await self.agent("s1", server=True, encrypt=KEY)
+        client = RPCClient(reactor, reactor)
+        self.addCleanup(client.close)
+        bad: list[Any] = [
+            "list",
+            {"Operation": "burn", "Key": "", "Forwarded": False},
+            {"Operation": "install", "Key": "short", "Forwarded": False},
+            {"Operation": "list", "Key": 5, "Forwarded": False},
+            {"Operation": "list", "Key": "", "Forwarded": "yes"},
+        ]
+        for body in bad:
+            with self.assertRaises(BadRequest):
+                await client.call(s1.config.rpc_address, "Internal.KeyringOperation", body, 5.0)
+        answer = await client.call(
+            s1.config.rpc_address,
+            "Internal.KeyringOperation",
+            {"Operation": "list", "Key": "", "Forwarded": True},
+            5.0,
+        )
+        self.assertEqual([(e["WAN"], e["Keys"]) for e in answer], [(False, {KEY: 1})])
 
     async def test_a_refused_change_names_each_member_and_its_reason(self) -> None:
         s1 = await self.agent("s1", server=True, encrypt=KEY)

@@ -18,10 +18,10 @@ from txconsul.testing.process import AgentProcess, free_port, spawn_twistd, wait
 class GossipProcessTests(TestCase):
     timeout = 60
 
-    def start(self, *args: str) -> AgentProcess:
+    def start(self, *args: str, ports: dict[str, int] | None = None) -> AgentProcess:
         path = os.path.abspath(self.mktemp())
         os.makedirs(path)
-        proto = spawn_twistd(reactor, list(args), path)
+        proto = spawn_twistd(reactor, list(args), path, ports=ports)
 
         def stop() -> Any:
             proto.kill(signal.SIGKILL)
@@ -36,22 +36,21 @@ class GossipProcessTests(TestCase):
         return {m["Name"]: m["Status"] for m in await response.json()}
 
     async def test_client_process_joins_a_server_process_and_leaves(self) -> None:
-        server_http, server_lan = free_port(), free_port()
         # a server of its own Raft cluster: the client sends its requests there
         server = self.start(
             "--server", "--bootstrap-expect", "1", "--node", "p-server",
-            "--data-dir", os.path.abspath(self.mktemp()), "--server-port", str(free_port()),
-            "--http-port", str(server_http), "--serf-lan-port", str(server_lan),
-            "--dns-port", "-1",
+            "--data-dir", os.path.abspath(self.mktemp()), "--dns-port", "-1",
+            ports={"http-port": free_port()},
         )  # fmt: skip
-        await wait_for_leader(reactor, server_http, server)
-        client_http = free_port()
+        await wait_for_leader(reactor, None, server)
+        server_http, server_lan = server.ports["http-port"], server.ports["serf-lan-port"]
         client = self.start(
             "--node", "p-client", "--data-dir", os.path.abspath(self.mktemp()),
-            "--http-port", str(client_http), "--dns-port", "-1",
-            "--join", f"127.0.0.1:{server_lan}",
+            "--dns-port", "-1", "--join", f"127.0.0.1:{server_lan}",
+            ports={"http-port": free_port()},
         )  # fmt: skip
-        await wait_for_leader(reactor, client_http, client)
+        await wait_for_leader(reactor, None, client)
+        client_http = client.ports["http-port"]
         want = {"p-server": 1, "p-client": 1}
         end = time.monotonic() + 20
         while await self.members(server_http) != want or await self.members(client_http) != want:
@@ -78,8 +77,8 @@ class GossipProcessTests(TestCase):
 
     async def test_a_join_that_nobody_answers_stops_the_process(self) -> None:
         proto = self.start(
-            "--dev", "--http-port", str(free_port()), "--dns-port", "-1",
-            "--join", f"127.0.0.1:{free_port()}",
+            "--dev", "--dns-port", "-1", "--join", f"127.0.0.1:{free_port()}",
+            ports={"http-port": free_port()},
         )  # fmt: skip
         await proto.ended
         self.assertIn(b"start_join: none of", proto.output)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 from typing import Any
 
 import treq
@@ -29,8 +30,8 @@ from txconsul.testing.process import (
 class TwistdTests(TestCase):
     timeout = 60
 
-    def start(self, *args: str) -> Any:
-        proto = spawn_twistd(reactor, list(args), self.mktemp_dir())
+    def start(self, *args: str, ports: dict[str, int] | None = None, repick: bool = True) -> Any:
+        proto = spawn_twistd(reactor, list(args), self.mktemp_dir(), ports=ports, repick=repick)
 
         def stop() -> Any:
             proto.kill(signal.SIGKILL)
@@ -56,35 +57,29 @@ class TwistdTests(TestCase):
     def test_two_agents_side_by_side_with_their_own_ports_and_data(self) -> Any:
         agents = []
         for name in ("a1", "a2"):
-            port, server_port = free_port(), free_port()
+            ports = {"http-port": free_port(), "server-port": free_port(), "dns-port": free_port()}
             proto = self.start(
                 "--node",
                 name,
-                "--http-port",
-                str(port),
                 "--data-dir",
                 self.mktemp_dir(),
                 "--server",
                 "--bootstrap",
-                "--server-port",
-                str(server_port),
-                "--dns-port",
-                str(free_port()),
+                ports=ports,
             )
-            agents.append((port, server_port, proto))
-        for port, server_port, proto in agents:
-            leader = yield defer.ensureDeferred(wait_for_leader(reactor, port, proto))
-            self.assertEqual(json.loads(leader), f"127.0.0.1:{server_port}")
-        a = yield defer.ensureDeferred(self.put_and_get(agents[0][0], "k", b"one"))
-        b = yield defer.ensureDeferred(self.put_and_get(agents[1][0], "k", b"two"))
+            agents.append(proto)
+        for proto in agents:
+            leader = yield defer.ensureDeferred(wait_for_leader(reactor, None, proto))
+            self.assertEqual(json.loads(leader), f"127.0.0.1:{proto.ports['server-port']}")
+        a = yield defer.ensureDeferred(self.put_and_get(agents[0].ports["http-port"], "k", b"one"))
+        b = yield defer.ensureDeferred(self.put_and_get(agents[1].ports["http-port"], "k", b"two"))
         self.assertEqual((a, b), (b"one", b"two"))
 
     @defer.inlineCallbacks
     def test_sigterm_and_sigint_stop_the_agent_cleanly(self) -> Any:
         for sig in (signal.SIGTERM, signal.SIGINT):
-            port = free_port()
-            proto = self.start("--dev", "--http-port", str(port))
-            yield defer.ensureDeferred(wait_for_leader(reactor, port, proto))
+            proto = self.start("--dev", ports={"http-port": free_port(), "dns-port": free_port()})
+            yield defer.ensureDeferred(wait_for_leader(reactor, None, proto))
             proto.kill(sig)
             code = yield proto.ended
             # twistd shuts down, then ends itself by the same signal so that its
@@ -99,11 +94,45 @@ class TwistdTests(TestCase):
         path = os.path.join(config_dir, "broken.json")
         with open(path, "w") as f:
             f.write('{"service": {"name": "web",}')
-        proto = self.start("--dev", "--http-port", str(free_port()), "--config-dir", config_dir)
+        proto = self.start(
+            "--dev",
+            "--config-dir",
+            config_dir,
+            ports={"http-port": free_port(), "dns-port": free_port()},
+        )
         code = yield proto.ended
         self.assertNotEqual(code, 0)
         self.assertIn(b"broken.json", proto.output)
         self.assertIn(b"not valid JSON", proto.output)
+
+    @defer.inlineCallbacks
+    def test_an_agent_whose_port_was_taken_starts_again_on_another(self) -> Any:
+        # another process binds the port between the harness's pick and the agent's bind
+        taken = socket.socket()
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", free_port()))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ports = {"http-port": port}
+        proto = self.start("--dev", "--dns-port", "-1", ports=ports)
+        yield defer.ensureDeferred(wait_for_leader(reactor, None, proto))
+        self.assertEqual(proto.respawns, 1)
+        self.assertNotEqual(ports["http-port"], port)
+        self.assertIs(proto.ports, ports)
+        self.assertIn(b"Address already in use", proto.output)
+
+    @defer.inlineCallbacks
+    def test_a_restart_keeps_its_ports_and_reports_one_taken(self) -> Any:
+        taken = socket.socket()
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", free_port()))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proto = self.start("--dev", "--dns-port", "-1", ports={"http-port": port}, repick=False)
+        code = yield proto.ended
+        self.assertEqual(code, 1)
+        self.assertEqual(proto.ports["http-port"], port)
+        self.assertIn(b"Address already in use", proto.output)
 
 
 class ReloadProcessTests(TestCase):
@@ -115,11 +144,10 @@ class ReloadProcessTests(TestCase):
         os.makedirs(config_dir)
         with open(os.path.join(config_dir, "a.json"), "w") as f:
             json.dump({"service": {"name": "first"}}, f)
-        port = free_port()
         cwd = os.path.abspath(self.mktemp())
         os.makedirs(cwd)
         proto = spawn_twistd(
-            reactor, ["--dev", "--http-port", str(port), "--config-dir", config_dir], cwd
+            reactor, ["--dev", "--config-dir", config_dir], cwd, ports={"http-port": free_port()}
         )
 
         def stop() -> Any:
@@ -127,7 +155,8 @@ class ReloadProcessTests(TestCase):
             return proto.ended
 
         self.addCleanup(stop)
-        yield defer.ensureDeferred(wait_for_leader(reactor, port, proto))
+        yield defer.ensureDeferred(wait_for_leader(reactor, None, proto))
+        port = proto.ports["http-port"]
         with open(os.path.join(config_dir, "b.json"), "w") as f:
             json.dump({"service": {"name": "second"}}, f)
         os.remove(os.path.join(config_dir, "a.json"))

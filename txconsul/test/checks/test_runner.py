@@ -97,6 +97,7 @@ class RunLimitTests(TestCase):
         ]
         for r in runners:
             r._run()
+
         def stop_all() -> None:
             for r in runners:
                 r.stop()

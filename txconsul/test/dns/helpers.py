@@ -37,7 +37,7 @@ class World:
             self.store,
             self.consensus,  # type: ignore[arg-type]
             self.config,
-            self.clock,
+            self.clock.seconds,  # this clock stands for the wall clock: NOW is a date
             random.Random(seed),
         )
         self.responder = DNSResponder(self.authority, self.config.dns)

@@ -10,6 +10,7 @@ import random
 import time
 from collections.abc import Callable
 
+import attrs
 from twisted.internet import reactor  # noqa: TID251 (real-socket test)
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -151,9 +152,58 @@ class LoopbackTests(TestCase):
 
         await self.wait_for(declared_dead, limit=15)
 
+    async def test_compressing_and_plain_pools_read_each_other(self) -> None:
+        plain = self.start_pool("plain")
+        self.assertFalse(plain.codec.compress or plain.codec.compress_packets)
+        squeezed = GossipPool(
+            reactor,
+            time.monotonic,
+            "squeezed",
+            config=attrs.evolve(FAST, compress_streams=True, compress_packets=True),
+            rng=random.Random(2),
+        )
+        squeezed.startService()
+        self.addCleanup(squeezed.stopService)
+        self.assertTrue(squeezed.codec.compress and squeezed.codec.compress_packets)
+        self.assertEqual(await squeezed.join([plain.address()]), 1)
+        self.assertEqual(await plain.join([squeezed.address()]), 1)
+        await self.wait_for(lambda: self.alive_everywhere([plain, squeezed]))
+
     async def test_join_with_the_wrong_key_fails(self) -> None:
         a = self.start_pool("a", Keyring([KEY]))
         b = self.start_pool("b", Keyring([OTHER]))
         joined = await b.join([a.address()])
         self.assertEqual(joined, 0)
         self.assertNotIn("a", b.core.nodes)
+
+    async def test_stopping_ends_the_streams_in_flight(self) -> None:
+        """A push/pull to a peer that never answers ends when the pool stops, not at its timeout."""
+        from twisted.internet.defer import Deferred
+        from twisted.internet.protocol import Factory, Protocol
+
+        gone: Deferred[None] = Deferred()
+        accepted: Deferred[None] = Deferred()
+
+        class Silent(Protocol):
+            def connectionMade(self) -> None:
+                accepted.callback(None)
+
+            def connectionLost(self, reason: object = None) -> None:
+                gone.callback(None)
+
+        port = reactor.listenTCP(0, Factory.forProtocol(Silent), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        config = attrs.evolve(FAST, tcp_timeout=10.0)
+        pool = GossipPool(reactor, time.monotonic, "a", config=config, rng=random.Random(1))
+        started = time.monotonic()
+        pool.startService()
+        self.addCleanup(lambda: pool.stopService() if pool.running else None)
+        joined = pool.join([("127.0.0.1", port.getHost().port)])
+        await accepted
+        node = pool.node
+        assert node is not None
+        await self.wait_for(lambda: len(node.streams) == 1)
+        await pool.stopService()
+        self.assertEqual(await joined, 0)
+        await gone
+        self.assertLess(time.monotonic() - started, config.tcp_timeout / 2)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 
+import attrs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
@@ -257,6 +258,51 @@ class StateRuleTests(CoreTestCase):
         core.receive(0.0, addr(2), other)
         self.assertEqual(core.nodes["n2"].address, addr(2))
 
+    def test_dead_member_may_come_back_at_another_address_after_the_reclaim_time(self) -> None:
+        """memberlist's DeadNodeReclaimTime, 30 s as Consul sets it."""
+        core = self.make(peers=1)
+        self.assertEqual(core.config.dead_node_reclaim_time, 30.0)
+        core.receive(10.0, addr(2), Dead(1, "n2", "n3"))
+        moved = Alive(1, "n2", ip_bytes("10.9.9.9"), 7301, b"")
+        core.receive(40.0, addr(3), moved)  # dead for exactly 30 s: still refused
+        self.assertEqual(core.nodes["n2"].address, addr(2))
+        self.assertEqual(core.nodes["n2"].state, MemberState.DEAD)
+        core.receive(40.5, addr(3), moved)  # a lower incarnation than the dead one's is fine
+        node = core.nodes["n2"]
+        self.assertEqual((node.address, node.state), (("10.9.9.9", 7301), MemberState.ALIVE))
+        self.assertEqual(self.delegate.events[-1], ("join", "n2", MemberState.ALIVE))
+        # and the news spreads: the new address is gossiped on
+        queued = core.broadcasts.get(2, 1400, 3)
+        self.assertIn(moved, queued)
+
+    def test_suspect_member_is_not_reclaimed_at_another_address(self) -> None:
+        core = self.make(peers=1)
+        core.receive(0.0, addr(3), Suspect(1, "n2", "n3"))
+        core.receive(100.0, addr(3), Alive(5, "n2", ip_bytes("10.9.9.9"), 7301, b""))
+        self.assertEqual(core.nodes["n2"].address, addr(2))
+
+    def test_without_a_reclaim_time_a_dead_member_keeps_its_address(self) -> None:
+        config = attrs.evolve(CFG, dead_node_reclaim_time=0)
+        core = self.make(peers=1, config=config)
+        core.receive(0.0, addr(2), Dead(1, "n2", "n3"))
+        core.receive(1000.0, addr(3), Alive(5, "n2", ip_bytes("10.9.9.9"), 7301, b""))
+        self.assertEqual(core.nodes["n2"].address, addr(2))
+
+    def test_left_member_may_come_back_at_another_address_at_once(self) -> None:
+        core = self.make(peers=1)
+        core.receive(0.0, addr(2), Dead(1, "n2", "n2"))
+        core.receive(0.1, addr(3), Alive(1, "n2", ip_bytes("10.9.9.9"), 7301, b""))
+        self.assertEqual(core.nodes["n2"].address, ("10.9.9.9", 7301))
+
+    def test_reclaimed_address_comes_through_push_pull_too(self) -> None:
+        core = self.make(peers=1)
+        core.receive(0.0, addr(2), Dead(3, "n2", "n3"))
+        vsn = core.me.vsn
+        moved = PushNodeState("n2", ip_bytes("10.9.9.9"), 7301, b"", 1, 0, vsn)
+        core.merge_remote_state(31.0, PushPull(False, (moved,)))
+        self.assertEqual(core.nodes["n2"].address, ("10.9.9.9", 7301))
+        self.assertEqual(core.nodes["n2"].state, MemberState.ALIVE)
+
     def test_dead_from_itself_is_a_leave(self) -> None:
         core = self.make(peers=2)
         core.receive(0.0, addr(2), Dead(1, "n2", "n2"))
@@ -315,11 +361,47 @@ class PushPullTests(CoreTestCase):
     def test_push_pull_interval_scales_as_memberlists_push_pull_scale(self) -> None:
         # memberlist util.go pushPullScale: unchanged up to 32 members, then
         # multiplied by ceil(log2(n) - log2(32)) + 1, n counting every member
-        core = self.make()
+        core = self.make(config=attrs.evolve(CFG, push_pull_budget=0))
         expected = {1: 30, 32: 30, 33: 60, 64: 60, 65: 90, 100: 90, 1000: 180, 10000: 300}
         for n, seconds in expected.items():
             core.nodes = {f"n{i}": core.me for i in range(n)}
             self.assertEqual(core._push_pull_interval(), seconds, n)
+
+    def test_budget_leaves_a_small_pools_interval_alone(self) -> None:
+        core = self.make(peers=20, config=attrs.evolve(CFG, push_pull_budget=200))
+        self.assertEqual(core._push_pull_interval(), 30)
+
+    def test_budget_stretches_the_interval_of_a_big_state(self) -> None:
+        """Our exchanges (state out, as much back) carry at most the budget per second."""
+        config = attrs.evolve(CFG, push_pull_budget=200)
+        core = self.make(config=config)
+        for i in range(2, 1002):
+            ip = ip_bytes(f"10.0.{i // 256}.{i % 256}")
+            core.receive(0.0, addr(2), Alive(1, f"n{i}", ip, 8301, b"m" * 100))
+        core.broadcasts.clear()
+        size = len(core.local_state(False).to_wire())
+        interval = 2 * size / 200
+        self.assertGreater(interval, 180)  # past memberlist's scaled 180 s
+        self.assertAlmostEqual(core._push_pull_interval(), interval)
+        # the timer follows: the next push/pull starts that long after the first
+        starts: list[float] = []
+        while len(starts) < 2:
+            now = core.next_deadline()
+            step = core.tick(now)
+            starts += [now for o in step if isinstance(o, StartPushPull)]
+            for _, message in sent(step):
+                if isinstance(message, Ping):
+                    core.receive(now, addr(2), Ack(message.seq_no))
+        self.assertLess(starts[0], 30)
+        self.assertAlmostEqual(starts[1] - starts[0], interval)
+
+    def test_budget_counts_the_delegates_state(self) -> None:
+        config = attrs.evolve(CFG, push_pull_budget=100)
+        core = self.make(config=config)
+        self.delegate.local_state = lambda join: b"x" * 10_000  # type: ignore[method-assign]
+        self.assertAlmostEqual(
+            core._push_pull_interval(), 2 * len(core.local_state(False).to_wire()) / 100
+        )
 
     def test_incompatible_versions_refuse_the_merge(self) -> None:
         core = self.make()
@@ -335,6 +417,18 @@ class BroadcastTests(SynchronousTestCase):
         self.assertEqual(retransmit_limit(4, 3), 4)
         sends = sum(len(queue.get(2, 1400, 3)) for _ in range(10))
         self.assertEqual(sends, 4)
+
+    def test_a_small_broadcast_long_gone_stops_no_scan_early(self) -> None:
+        """The bound that ends a scan early follows the queue's smallest item."""
+        queue: BroadcastQueue[str] = BroadcastQueue(1)
+        queue.queue("small", 10)
+        self.assertEqual(queue.get(2, 100, 3), ["small"])  # sent its one time: gone
+        for i in range(50):
+            queue.queue(f"big-{i}", 300)
+        self.assertEqual(queue.get(2, 400, 3), ["big-49"])  # newest first among equals
+        # the scan saw every item: no item of 10 bytes is left to wait for
+        self.assertEqual(queue._min_size, 300)
+        self.assertEqual(len(queue.get(2, 1000, 3)), 3)
 
     def test_keyed_broadcast_replaces_the_older_one(self) -> None:
         queue: BroadcastQueue[str] = BroadcastQueue(4)

@@ -142,6 +142,25 @@ class ObservedBytesTests(SynchronousTestCase):
         )
         self.assertEqual(decode_stream(data + b"rest"), (message, len(data)))
 
+    @given(
+        st.text(max_size=300),
+        st.binary(max_size=20),
+        st.integers(0, 0xFFFF),
+        st.binary(max_size=70_000),
+        st.integers(0, 0xFFFFFFFF),
+        st.integers(0, 3),
+        st.binary(max_size=8),
+    )
+    @settings(max_examples=100)
+    def test_push_node_size_without_encoding_matches_the_encoding(
+        self, name: str, addr: bytes, port: int, meta: bytes, inc: int, state: int, vsn: bytes
+    ) -> None:
+        """The push/pull budget measures states from field lengths alone."""
+        node = PushNodeState(name, addr, port, meta, inc, state, vsn)
+        self.assertEqual(node.wire_size(), len(wire.pack(node.to_dict())))
+        message = PushPull(False, (node,) * 3, b"state")
+        self.assertEqual(message.header_size() + 3 * node.wire_size() + 5, len(message.to_wire()))
+
 
 class LZWTests(SynchronousTestCase):
     def test_round_trip_sizes_that_reset_the_table(self) -> None:

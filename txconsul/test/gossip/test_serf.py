@@ -53,6 +53,45 @@ class SerfUnitTests(SynchronousTestCase):
         )
         self.assertEqual(decode_tags(b"web"), {"role": "web"})
 
+    def test_merge_check_sees_the_names_and_tags_of_pushed_and_alive_members(self) -> None:
+        """serf's MergeDelegate, as Consul uses it to keep its pools apart."""
+        from txconsul.gossip.memberlist import MergeRefused
+        from txconsul.gossip.messages import Alive, PushNodeState, PushPull, ip_bytes
+
+        seen: list[list[tuple[str, dict[str, str]]]] = []
+
+        def check(members: list[tuple[str, dict[str, str]]]) -> str | None:
+            seen.append(members)
+            bad = [name for name, tags in members if tags.get("dc") != "dc1"]
+            return f"Member '{bad[0]}' part of wrong datacenter" if bad else None
+
+        serf = Serf("a", {"role": "node", "dc": "dc1"}, merge=check)
+        core = Memberlist("a", ("10.0.0.1", 8301), GossipConfig(), random.Random(1), 0.0, serf)
+        serf.attach(core)
+        ip = ip_bytes("10.0.0.2")
+        here = encode_tags({"role": "node", "dc": "dc1"})
+        there = encode_tags({"role": "node", "dc": "dc2"})
+        vsn = core.me.vsn
+        state = PushPull(
+            True,
+            (
+                PushNodeState("b", ip, 8301, here, 1, 0, vsn),
+                PushNodeState("c", ip, 7, there, 1, 0, vsn),
+            ),
+        )
+        with self.assertRaises(MergeRefused) as refused:
+            core.merge_remote_state(0.0, state)
+        self.assertEqual(str(refused.exception), "Member 'c' part of wrong datacenter")
+        self.assertEqual(
+            seen[0], [("b", {"role": "node", "dc": "dc1"}), ("c", {"role": "node", "dc": "dc2"})]
+        )
+        self.assertEqual(set(core.nodes), {"a"})  # nothing merged, not even b
+        core.receive(0.0, ("10.0.0.2", 7), Alive(1, "c", ip, 7, there, vsn))
+        self.assertEqual((set(core.nodes), core.refused_alive), ({"a"}, 1))
+        core.receive(0.0, ("10.0.0.2", 8301), Alive(1, "b", ip, 8301, here, vsn))
+        self.assertEqual(set(core.nodes), {"a", "b"})
+        self.assertEqual(set(serf.members), {"a", "b"})
+
     def test_lamport_clock(self) -> None:
         clock = LamportClock()
         clock.witness(5)

@@ -86,6 +86,35 @@ class ClusterTests(SynchronousTestCase):
         # members are still gossiped to for GossipToTheDeadTime, and refute their death
         self.assertIsNotNone(cluster.run_until_converged(60), replay(self.seed))
 
+    def test_crashed_member_comes_back_at_another_address(self) -> None:
+        """
+        memberlist's DeadNodeReclaimTime (30 s, as Consul sets it): a member
+        restarted on another address is refused while the others have held it
+        dead for less than that, then taken at its new address. Dead members
+        are kept long here, so that nobody has simply forgotten it.
+        """
+        config = attrs.evolve(GossipConfig.lan(), gossip_to_the_dead_time=600.0)
+        cluster = SimCluster(self.seed, 12, config=config)
+        self.assertIsNotNone(cluster.run_until_converged(30), replay(self.seed))
+        cluster.kill("node-5")
+        cluster.run(25)
+        detections = cluster.detections("node-5")
+        self.assertEqual(len(detections), 11, replay(self.seed))
+        moved = ("10.9.9.9", 7301)
+        restarted_at = cluster.clock.seconds()
+        cluster.restart("node-5", moved, via="node-0")
+        cluster.run(2)
+        # dead for less than the reclaim time: everybody still has the old address
+        for member in cluster.live():
+            if member.name != "node-5":
+                self.assertNotEqual(member.core.nodes["node-5"].address, moved, replay(self.seed))
+        converged = cluster.run_until_converged(120)
+        assert converged is not None, replay(self.seed)
+        self.assertGreater(converged, max(detections.values()) + 30, replay(self.seed))
+        for member in cluster.live():
+            self.assertEqual(member.core.nodes["node-5"].address, moved, replay(self.seed))
+        self.assertLess(converged - restarted_at, 90, replay(self.seed))
+
     def test_same_seed_same_history(self) -> None:
         def history(seed: int) -> list[tuple[float, str, str, int]]:
             cluster = SimCluster(seed, 20, loss=0.1)
@@ -144,6 +173,12 @@ class ScaleTests(SynchronousTestCase):
     def test_shared_records_give_the_same_push_pull_lists_as_private_ones(self) -> None:
         """The simulation's shortcuts for big pools change no push/pull content."""
         cluster = SimCluster(self.seed, 80, loss=0.1, bootstrap=True, measure_bytes=True)
+        # the push/pull budget's size of a state, from the shared list, is the real one
+        for member in list(cluster.members.values())[:5]:
+            core = member.core
+            estimate = core._local_state_size()
+            self.assertEqual(estimate, len(core.local_state(False).to_wire()))
+            self.assertEqual(core._local_state_size(), estimate)
         cluster.run(3)
         cluster.kill("node-7")
         cluster.run(40)  # suspicions, deaths, push/pulls between cores with shared records
@@ -151,5 +186,7 @@ class ScaleTests(SynchronousTestCase):
             core = member.core
             fresh = tuple(n.to_push() for n in core.nodes.values())
             self.assertEqual(core.local_state(False).nodes, fresh, replay(self.seed))
+            size = len(core.local_state(False).to_wire())
+            self.assertEqual(core._local_state_size(), size, replay(self.seed))
             self.assertEqual(core.nodes["node-7"].state, MemberState.DEAD, replay(self.seed))
         self.assertGreater(cluster.net.stream_bytes, 0)

@@ -327,6 +327,22 @@ class AgentTests(PyConsulTestCase):
         self.assertEqual(members, [me["Member"]])
 
     @defer.inlineCallbacks
+    def test_self_reports_the_raft_state_of_a_server(self) -> Any:
+        yield self.call(self.client.kv.put, "counted", "1")
+        me = yield self.call(self.client.agent.self)
+        raft = me["Stats"]["raft"]
+        self.assertEqual(raft["state"], "Leader")
+        self.assertEqual(raft["num_peers"], "0")
+        self.assertEqual(raft["last_contact"], "0")
+        self.assertGreaterEqual(int(raft["term"]), 1)
+        self.assertGreaterEqual(int(raft["commit_index"]), 2)  # the barrier entry and the put
+        self.assertEqual(raft["applied_index"], raft["commit_index"])
+        self.assertEqual(raft["last_log_index"], raft["commit_index"])
+        self.assertEqual(raft["last_log_term"], raft["term"])
+        leader = yield self.call(self.client.status.leader)
+        self.assertIn(f"Address:{leader}", raft["latest_configuration"])
+
+    @defer.inlineCallbacks
     def test_service_with_ttl_check_passes_and_fails(self) -> Any:
         check = consul.Check.ttl("10s")
         ok = yield self.call(

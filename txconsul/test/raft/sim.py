@@ -30,6 +30,7 @@ from txconsul.raft.core import (
     PersistEntries,
     PersistSnapshot,
     PersistState,
+    PersistVoters,
     RaftCore,
     ReadFailed,
     ReadReady,
@@ -187,7 +188,7 @@ class Simulation:
         self.trace: list[str] = []
         self.lease_reads = 0
         for name in self.names:
-            self._boot(name, MemoryLogStore())
+            self._boot(name, MemoryLogStore(), self.names)
 
     def fail(self, what: str) -> SafetyViolation:
         return SafetyViolation(f"{what} (replay with TXCONSUL_SEED={self.seed})")
@@ -198,18 +199,21 @@ class Simulation:
         """Server ``name``'s monotonic clock, which may run fast or slow (clock drift)."""
         return self.clock.seconds() * self.rates[name]
 
-    def _boot(self, name: str, store: MemoryLogStore) -> None:
+    def _boot(self, name: str, store: MemoryLogStore, voters: list[str]) -> None:
+        """
+        Start server ``name`` from ``store``: a new cluster's servers are given
+        the voters, a restarted one none (its store must say who they are).
+        """
         now = self.now(name)
         restored = store.load()
-        core = RaftCore(
-            name, self.names, now, random.Random(self.rng.random()), self.timing, restored
-        )
+        core = RaftCore(name, voters, now, random.Random(self.rng.random()), self.timing, restored)
         server = Server(name, store, core)
         server.checked = core.commit_index
         if restored.snapshot is not None:
             server.kv = dict(msgpack.unpackb(restored.snapshot.data))
             server.applied = restored.snapshot.index
         self.servers[name] = server
+        self._drain(server)  # the new cluster's voters, durable before any input
         self._arm(server)
 
     def crash(self, name: str) -> None:
@@ -232,7 +236,7 @@ class Simulation:
         if self.servers[name].up:
             return
         self.trace.append(f"{self.clock.seconds():.3f} restart {name}")
-        self._boot(name, self.servers[name].store)
+        self._boot(name, self.servers[name].store, [])
 
     def pause(self, name: str) -> None:
         self.servers[name].paused = True
@@ -292,6 +296,9 @@ class Simulation:
             for out in core.take_outputs():
                 if isinstance(out, PersistState):
                     store.set_state(out.term, out.vote)
+                    dirty = True
+                elif isinstance(out, PersistVoters):
+                    store.set_voters(out.voters)
                     dirty = True
                 elif isinstance(out, PersistEntries):
                     store.store_entries(out.first_index, out.entries)
@@ -667,13 +674,18 @@ class Simulation:
         for handle in list(self._open):
             self._info(handle)
 
-    def check_linearizable(self, timeout: float = 10.0) -> None:
-        """Run the history through txconsul.testing.linearizability (ImportError if absent)."""
+    def check_linearizable(self, timeout: float = 10.0) -> Any:
+        """
+        Run the history through txconsul.testing.linearizability: a violation
+        raises ``SafetyViolation``; the verdict is returned (``UNKNOWN`` when
+        the search ran out of time: the caller decides what that proves).
+        """
         from txconsul.testing import linearizability as lin
 
         result = lin.check(lin.KVModel(), [op.to_operation() for op in self.ops], timeout=timeout)
         if result.verdict is lin.Verdict.NOT_LINEARIZABLE:
             raise self.fail("history not linearizable:\n" + result.explain())
+        return result.verdict
 
 
 def _entry_key(e: Entry) -> bytes:

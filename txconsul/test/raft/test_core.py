@@ -11,6 +11,7 @@ from txconsul.raft.core import (
     NotLeader,
     PersistEntries,
     PersistState,
+    PersistVoters,
     RaftCore,
     ReadFailed,
     ReadReady,
@@ -289,6 +290,39 @@ class MembershipTests(SynchronousTestCase):
         new = [c for c in cluster.cores.values() if c.role is Role.LEADER]
         self.assertEqual(len(new), 1)
         self.assertNotEqual(new[0].me, leader.me)
+
+
+class BootstrapTests(SynchronousTestCase):
+    """The configuration a new cluster starts with is kept on disk (``PersistVoters``)."""
+
+    def test_a_new_cluster_persists_its_voters_first(self) -> None:
+        core = RaftCore("a", ["c", "a", "b"], 0.0, random.Random(1), T)
+        self.assertEqual(core.take_outputs(), [PersistVoters(("a", "b", "c"))])
+
+    def test_a_restart_takes_the_voters_from_disk_and_persists_nothing(self) -> None:
+        restored = Restored(term=1, voters=("a", "b", "c"))
+        core = RaftCore("a", [], 0.0, random.Random(1), T, restored)
+        self.assertEqual(core.config, ("a", "b", "c"))
+        self.assertEqual(core.take_outputs(), [])
+        # a voter of the stored configuration stands for election after a restart
+        core.tick(core.next_deadline())
+        self.assertIs(core.role, Role.PRECANDIDATE)
+
+    def test_the_voters_given_yield_to_those_on_disk(self) -> None:
+        restored = Restored(voters=("a", "b", "c"))
+        core = RaftCore("a", ["a", "x"], 0.0, random.Random(1), T, restored)
+        self.assertEqual(core.config, ("a", "b", "c"))
+
+    def test_a_log_with_a_configuration_needs_no_voters_kept(self) -> None:
+        restored = Restored(term=2, entries=(Entry(2, 1, b"", ("a", "b")),))
+        core = RaftCore("a", ["a", "b", "c"], 0.0, random.Random(1), T, restored)
+        self.assertEqual(core.config, ("a", "b"))
+        self.assertEqual(core.take_outputs(), [])
+
+    def test_a_server_waiting_to_be_added_persists_nothing(self) -> None:
+        core = RaftCore("d", [], 0.0, random.Random(1), T)
+        self.assertEqual(core.take_outputs(), [])
+        self.assertEqual(core.config, ())
 
 
 class TransferTests(SynchronousTestCase):

@@ -37,6 +37,19 @@ class Contract:
         self.assertEqual((restored.term, restored.vote), (3, "b"))
         self.assertEqual(restored.entries, tuple(E))
 
+    def test_the_bootstrap_voters_survive_a_sync(self) -> None:
+        store = self.make()
+        store.set_voters(("a", "b", "c"))
+        store.sync()
+        restored = self.reopen(store).load()
+        self.assertEqual(restored.voters, ("a", "b", "c"))
+        self.assertTrue(restored.configured)
+
+    def test_an_empty_store_knows_no_voters(self) -> None:
+        restored = self.make().load()
+        self.assertEqual(restored.voters, ())
+        self.assertFalse(restored.configured)
+
     def test_store_entries_truncates_the_tail(self) -> None:
         store = self.make()
         store.store_entries(1, tuple(E))

@@ -121,6 +121,24 @@ class NodeTests(SynchronousTestCase):
         for node in self.net.nodes.values():
             self.assertEqual(node._fsm.store.kv.get("web").value, b"1")
 
+    def test_a_follower_left_behind_the_compacted_log_installs_the_snapshot_and_says_so(
+        self,
+    ) -> None:
+        self.run_for(3.0)
+        leader = self.leader()
+        follower = next(n for n in self.net.nodes.values() if n is not leader)
+        self.net.cut |= {(leader.me, follower.me), (follower.me, leader.me)}
+        for i in range(10):  # past snapshot_threshold and trailing_logs
+            leader.apply(put(f"k{i}", b"v"))
+            self.run_for(0.05)
+        self.assertGreater(leader.core.first_index, follower.core.last_index + 1)
+        self.net.cut.clear()
+        with capturedLogs() as events:
+            self.run_for(2.0)  # a snapshot sent into the cut is sent again after a while
+        self.assertEqual(follower._fsm.store.kv.get("k9").value, b"v")
+        installed = [e for e in events if "installed the leader's snapshot" in e["log_format"]]
+        self.assertEqual([e["server"] for e in installed], [follower.me])
+
     def test_follower_refuses_with_the_leader_address(self) -> None:
         self.run_for(3.0)
         leader = self.leader()
@@ -224,6 +242,38 @@ class RestartTests(SynchronousTestCase):
         self.assertTrue(again.is_leader())
         for i in range(10):
             self.assertEqual(again._fsm.store.kv.get(f"k{i}").value, b"%d" % i)
+
+
+class BootstrapRestartTests(SynchronousTestCase):
+    """A server killed right after it bootstrapped still knows the voters when it restarts."""
+
+    def make(self, me: str, voters: list[str], path: str, clock: Clock) -> RaftNode:
+        node = RaftNode(
+            me,
+            voters,
+            FSM(StateStore()),
+            SQLiteLogStore(path),
+            FakeTransport(Net(clock), me),
+            clock,
+            clock.seconds,
+            random.Random(1),
+            TIMING,
+        )
+        node.startService()
+        self.addCleanup(lambda: node.stopService() if node.running else None)
+        return node
+
+    def test_the_voters_are_on_disk_before_anything_happens(self) -> None:
+        clock = Clock()
+        path = self.mktemp()
+        me = NAMES[0]
+        node = self.make(me, NAMES, path, clock)
+        self.assertEqual(node.core.term, 0)  # no election, no message yet
+        node.stopService()
+        again = self.make(me, [], path, clock)
+        self.assertEqual(again.peers(), NAMES)
+        # a voter again: its election timer runs
+        self.assertLess(again.core.next_deadline(), float("inf"))
 
 
 class LoneVoterTests(SynchronousTestCase):

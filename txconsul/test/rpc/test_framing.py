@@ -12,11 +12,13 @@ from twisted.trial.unittest import SynchronousTestCase
 import txconsul.testing.hypothesis  # noqa: F401
 from txconsul.raft import messages
 from txconsul.rpc.framing import (
+    Cancel,
     FrameDecoder,
     FrameTooLarge,
     MalformedFrame,
     Request,
     Response,
+    client_frame_from_wire,
     encode_frame,
     pack,
 )
@@ -104,6 +106,20 @@ class MessageTests(SynchronousTestCase):
     def test_response_error_must_be_a_string(self) -> None:
         self.assertRaises(MalformedFrame, Response.from_wire, pack({"ID": 1, "Error": 5}))
 
+    def test_a_client_sends_requests_and_cancels(self) -> None:
+        self.assertEqual(client_frame_from_wire(REQUEST.to_wire()), REQUEST)
+        self.assertEqual(client_frame_from_wire(Cancel(7).to_wire()), Cancel(7))
+        self.assertEqual(msgpack.unpackb(Cancel(7).to_wire()), {"ID": 7, "Cancel": True})
+
+    def test_a_cancel_with_anything_else_is_malformed(self) -> None:
+        for value in (
+            {"ID": 7, "Cancel": 1},
+            {"ID": 7, "Cancel": True, "Method": "KVS.Apply"},
+            {"Cancel": True},
+            {"ID": -1, "Cancel": True},
+        ):
+            self.assertRaises(MalformedFrame, client_frame_from_wire, pack(value))
+
     def test_not_a_map_is_malformed(self) -> None:
         self.assertRaises(MalformedFrame, Request.from_wire, pack([1, 2]))
         self.assertRaises(MalformedFrame, Response.from_wire, b"\xc1")
@@ -126,16 +142,16 @@ class GarbageTests(SynchronousTestCase):
 
     @given(st.binary(max_size=256))
     def test_random_payload_raises_only_malformed(self, data: bytes) -> None:
-        for kind in (Request, Response):
+        for parse in (Request.from_wire, Response.from_wire, client_frame_from_wire):
             try:
-                kind.from_wire(data)
+                parse(data)
             except MalformedFrame:
                 pass
         Request.id_of(data)
 
     @given(
         st.dictionaries(
-            st.sampled_from(["ID", "Method", "Body", "Error", "x"]),
+            st.sampled_from(["ID", "Method", "Body", "Error", "Cancel", "x"]),
             st.one_of(
                 st.none(),
                 st.booleans(),
@@ -147,9 +163,9 @@ class GarbageTests(SynchronousTestCase):
         )
     )
     def test_msgpack_maps_of_any_shape_raise_only_malformed(self, value: dict) -> None:
-        for kind in (Request, Response):
+        for parse in (Request.from_wire, Response.from_wire, client_frame_from_wire):
             try:
-                kind.from_wire(pack(value))
+                parse(pack(value))
             except MalformedFrame:
                 pass
 

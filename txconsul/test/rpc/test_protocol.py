@@ -32,6 +32,7 @@ from txconsul.rpc.errors import (
     error_from_wire,
 )
 from txconsul.rpc.framing import (
+    Cancel,
     FrameDecoder,
     Request,
     Response,
@@ -185,6 +186,51 @@ class ConnectedTests(SynchronousTestCase):
         self.failureResultOf(d)
         self.assertEqual(self.client.in_flight, 0)
 
+    def test_a_cancelled_call_cancels_the_handler_on_the_server(self) -> None:
+        d = self.call("KVS.Slow", "abandoned")
+        self.assertEqual(self.factory.in_flight(), 1)
+        d.cancel()
+        self.pump.flush()
+        self.failureResultOf(d)
+        self.assertEqual(self.handlers.cancelled, ["abandoned"])
+        self.assertEqual(self.factory.in_flight(), 0)
+        self.assertEqual(self.client.stats["cancels_sent"], 1)
+        self.assertEqual(self.factory.stats["cancelled"], 1)
+        # no answer comes back for it, and the connection serves on
+        self.assertEqual(self.client.stats["late_responses"], 0)
+        self.assertIs(self.successResultOf(self.call("Status.Ping")), True)
+
+    def test_a_timed_out_call_cancels_the_handler_on_the_server(self) -> None:
+        d = self.call("KVS.Slow", "slow", timeout=5)
+        self.clock.advance(5)
+        self.pump.flush()
+        self.failureResultOf(d, RPCTimeout)
+        self.assertEqual(self.handlers.cancelled, ["slow"])
+        self.assertEqual(self.factory.in_flight(), 0)
+
+    def test_a_cancel_crossing_the_answer_changes_nothing(self) -> None:
+        d = self.client.call("KVS.Slow", "crossed")
+        self.pump.flush()
+        self.handlers.waiting["crossed"].callback("answer")  # written, not yet delivered
+        d.cancel()
+        self.pump.flush()
+        self.failureResultOf(d)
+        self.assertEqual(self.handlers.cancelled, [])
+        self.assertEqual(self.factory.stats["late_cancels"], 1)
+        self.assertEqual(self.client.stats["late_responses"], 1)
+        self.assertIs(self.successResultOf(self.call("Status.Ping")), True)
+
+    def test_many_cancelled_calls_leave_nothing_in_flight(self) -> None:
+        calls = [self.client.call("KVS.Slow", i) for i in range(100)]
+        self.pump.flush()
+        self.assertEqual(self.factory.in_flight(), 100)
+        for d in calls:
+            d.cancel()
+            d.addErrback(lambda _: None)
+        self.pump.flush()
+        self.assertEqual(self.factory.in_flight(), 0)
+        self.assertEqual(sorted(self.handlers.cancelled), list(range(100)))
+
     def test_connection_loss_fails_every_pending_call(self) -> None:
         calls = [self.call("KVS.Slow", i, timeout=30) for i in range(3)]
         self.server.transport.loseConnection()
@@ -194,6 +240,44 @@ class ConnectedTests(SynchronousTestCase):
             self.assertIn("KVS.Slow: connection to", str(failure.value))
         self.assertEqual(sorted(self.handlers.cancelled), [0, 1, 2])
         self.failureResultOf(self.client.call("Status.Ping"), RPCConnectError)
+
+    def test_a_silent_connection_with_a_call_waiting_is_pinged_then_aborted(self) -> None:
+        d = self.call("KVS.Slow", "cut")  # delivered; then the network goes silent
+        self.clock.advance(1.0)
+        self.assertEqual(self.client.stats["pings"], 1)
+        self.clock.advance(1.0)
+        self.assertEqual(self.client.stats["pings"], 1, "one ping at a time")
+        self.assertFalse(self.client.closed)
+        self.clock.advance(1.0)
+        self.assertTrue(self.client.closed, "dead after 3 s of silence")
+        self.assertEqual(self.client.stats["dead_connections"], 1)
+        self.failureResultOf(self.client.call("Status.Ping"), RPCConnectError)
+        self.pump.flush()
+        failure = self.failureResultOf(d, RPCConnectionLost)
+        self.assertIn("no answer for 3.0s", str(failure.value))
+
+    def test_a_long_call_on_a_live_connection_is_never_suspected(self) -> None:
+        d = self.call("KVS.Slow", "blocking query")
+        for _ in range(30):
+            self.clock.advance(1.0)
+            self.pump.flush()  # the server answers each ping
+        self.assertNoResult(d)
+        self.assertFalse(self.client.closed)
+        self.assertEqual(self.client.stats["dead_connections"], 0)
+        self.assertGreaterEqual(self.client.stats["pings"], 10)
+        self.handlers.waiting["blocking query"].callback("changed")
+        self.pump.flush()
+        self.assertEqual(self.successResultOf(d), "changed")
+
+    def test_answers_keep_a_busy_connection_alive_without_pings(self) -> None:
+        slow = self.call("KVS.Slow", "s")
+        for i in range(10):
+            self.clock.advance(0.9)
+            self.successResultOf(self.call("KVS.Apply", i))
+        self.assertEqual(self.client.stats["pings"], 0)
+        self.handlers.waiting["s"].callback("done")
+        self.pump.flush()
+        self.successResultOf(slow)
 
     def test_too_many_in_flight_is_refused_per_request(self) -> None:
         self.factory.max_in_flight = 2
@@ -251,6 +335,23 @@ class ServerGarbageTests(SynchronousTestCase):
         assert response.error is not None
         self.assertTrue(response.error.startswith("Malformed frame: "))
         self.assertEqual(self.factory.stats["malformed_frames"], 1)
+
+    def test_a_cancel_for_nothing_in_flight_is_ignored(self) -> None:
+        self.proto.dataReceived(b"\x00" + encode_frame(Cancel(42).to_wire()))
+        self.assertEqual(self.transport.value(), b"")
+        self.assertEqual(self.factory.stats["late_cancels"], 1)
+        self.proto.dataReceived(request_frame("KVS.Apply", 1, "ok"))
+        self.assertEqual(responses(self.transport), [Response(1, None, "ok")])
+
+    def test_a_request_id_already_in_flight_is_refused(self) -> None:
+        self.dispatcher.register("KVS.Wait", lambda body: Deferred())
+        self.proto.dataReceived(b"\x00" + request_frame("KVS.Wait", 7))
+        self.proto.dataReceived(request_frame("KVS.Wait", 7))
+        [response] = responses(self.transport)
+        self.assertEqual(response.id, 7)
+        assert response.error is not None
+        self.assertIn("in flight already", response.error)
+        self.assertEqual(self.factory.stats["duplicate_ids"], 1)
 
     def test_garbled_frame_is_dropped_and_the_next_served(self) -> None:
         with capturedLogs() as events:
@@ -440,6 +541,19 @@ class PoolTests(SynchronousTestCase):
         self.assertEqual(len(self.reactor.tcpClients), 2)
         self.complete().flush()
         self.assertEqual(self.successResultOf(again), 2)
+
+    def test_a_connection_found_dead_is_replaced_on_the_next_call(self) -> None:
+        self.factory.dispatcher.register("KVS.Slow", lambda body: Deferred())
+        d = self.client.call("10.0.0.1:8300", "KVS.Slow", 1, 10)
+        pump = self.complete()  # the request is delivered, then nothing gets through
+        for _ in range(3):
+            self.reactor.advance(1.0)
+        again = self.client.call("10.0.0.1:8300", "KVS.Apply", 2, 10)
+        self.assertEqual(len(self.reactor.tcpClients), 2)
+        self.complete().flush()
+        self.assertEqual(self.successResultOf(again), 2)
+        pump.flush()
+        self.failureResultOf(d, RPCConnectionLost)
 
     def test_timeout_covers_connecting(self) -> None:
         d = self.client.call("10.0.0.1:8300", "KVS.Apply", 1, 2)
