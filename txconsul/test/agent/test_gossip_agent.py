@@ -428,6 +428,16 @@ class AdvertiseTests(GossipAgentTestCase):
 
 
 class EncryptionTests(GossipAgentTestCase):
+    async def agent(self, name: str, server: bool = False, **flags: Any) -> Agent:
+        """
+        Keyring operations are serf queries, whose timeout is 16 gossip
+        intervals: 0.32 s with FAST's, which a loaded machine can miss (a
+        member's answer counted as missing). 100 ms gives them 1.6 s.
+        """
+        for pool in ("gossip_lan", "gossip_wan"):
+            flags.setdefault(pool, {**FAST, "gossip_interval": "100ms"})
+        return await super().agent(name, server, **flags)
+
     async def test_agents_with_the_same_key_join(self) -> None:
         s1 = await self.agent("s1", server=True, encrypt=KEY)
         c1 = await self.agent("c1", encrypt=KEY, start_join=[lan(s1)])
