@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
 
     from txconsul.agent.agent import Agent
+    from txconsul.agent.membership import SerfPool
 
 #: the timeout of one RPC that does not block (a write waits for the leader on the server)
 RPC_TIMEOUT = 15.0
@@ -57,27 +58,20 @@ CONSISTENT_READ_TIMEOUT = 7.0
 
 def lan_servers(agent: Agent) -> list[str]:
     """``ip:port`` of the alive servers of this agent's datacenter in its LAN pool."""
-    pool = agent.membership.lan
-    if pool is None:
-        return []
     dc = agent.config.datacenter
-    out = []
-    for member in pool.serf.members.values():
-        tags = member.tags
-        port = tags.get("port", "")
-        if (
-            member.status == MemberStatus.ALIVE
-            and tags.get("role") == "consul"
-            and tags.get("dc", dc) == dc
-            and port.isdigit()
-        ):
-            out.append(f"{member.address[0]}:{port}")
-    return sorted(out)
+    return _alive_servers(agent.membership.lan, dc, untagged_dc=dc)
 
 
 def wan_servers(agent: Agent, dc: str) -> list[str]:
     """``ip:port`` of the alive servers of datacenter ``dc`` in this server's WAN pool."""
-    pool = agent.membership.wan
+    return _alive_servers(agent.membership.wan, dc)
+
+
+def _alive_servers(pool: SerfPool | None, dc: str, untagged_dc: str | None = None) -> list[str]:
+    """
+    ``ip:port`` of ``pool``'s alive members tagged as servers of ``dc``; a
+    member without a ``dc`` tag counts as in ``untagged_dc``.
+    """
     if pool is None:
         return []
     out = []
@@ -87,7 +81,7 @@ def wan_servers(agent: Agent, dc: str) -> list[str]:
         if (
             member.status == MemberStatus.ALIVE
             and tags.get("role") == "consul"
-            and tags.get("dc") == dc
+            and tags.get("dc", untagged_dc) == dc
             and port.isdigit()
         ):
             out.append(f"{member.address[0]}:{port}")
