@@ -9,7 +9,6 @@ import json
 import os
 import random
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -33,6 +32,7 @@ from txconsul.gossip.serf import (
 )
 from txconsul.gossip.wire import pack
 from txconsul.testing.polling import poll_until
+from txconsul.testing.process import free_port
 
 
 def serf_pair() -> tuple[Serf, Memberlist]:
@@ -155,13 +155,6 @@ class SerfUnitTests(SynchronousTestCase):
         for junk in (b"\x03", b"\x03\xc1", b"\x01\x80\x80", b"\x00\x81\xa5LTime\xa1x", b"\x02\x90"):
             serf.notify_msg(0.0, junk)
             serf.merge_remote_state(0.0, junk, False)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-        udp.bind(("127.0.0.1", 0))
-        port: int = udp.getsockname()[1]
-    return port
 
 
 class SerfInteropTests(TestCase):

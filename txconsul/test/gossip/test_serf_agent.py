@@ -22,9 +22,9 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SkipTest, TestCase
 
 from txconsul.agent.agent import Agent
-from txconsul.test.gossip.test_serf import free_port
 from txconsul.testing.agent import api_call, start_agent
 from txconsul.testing.polling import poll_until
+from txconsul.testing.process import free_port
 
 KEY = base64.b64encode(bytes(range(32))).decode()
 NEW_KEY = base64.b64encode(bytes(range(1, 33))).decode()
