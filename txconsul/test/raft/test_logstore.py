@@ -154,17 +154,9 @@ class SQLiteLogStoreTests(Contract, SynchronousTestCase):
         store.sync()
         store.store_entries(3, tuple(E[2:]))
         store.sync()
-        # copy the files as a crash mid-write would leave them: the WAL cut short
-        crashed = self.mktemp()
-        os.makedirs(crashed)
-        for suffix in ("", "-wal"):
-            with open(store.path + suffix, "rb") as f:
-                data = f.read()
-            if suffix == "-wal":
-                self.assertGreater(len(data), 100)
-                data = data[:-100]
-            with open(os.path.join(crashed, "raft.db" + suffix), "wb") as f:
-                f.write(data)
+        # the files as a crash mid-write would leave them: the WAL cut short
+        self.assertGreater(len(self.wal_of(store)), 100)
+        crashed = self.copy_with_wal(store, lambda wal: wal[:-100])
         with capturedLogs() as events:
             again = SQLiteLogStore(crashed)
         self.addCleanup(again.close)

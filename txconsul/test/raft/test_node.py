@@ -213,18 +213,7 @@ class RestartTests(SynchronousTestCase):
         me = "127.0.0.1:8300"
 
         def make() -> RaftNode:
-            node = RaftNode(
-                me,
-                [me],
-                FSM(StateStore()),
-                SQLiteLogStore(path),
-                FakeTransport(Net(clock), me),
-                clock,
-                clock.seconds,
-                random.Random(1),
-                TIMING,
-            )
-            node.startService()
+            node = started_on_disk(me, [me], path, clock)
             clock.advance(0)
             return node
 
@@ -244,22 +233,28 @@ class RestartTests(SynchronousTestCase):
             self.assertEqual(again._fsm.store.kv.get(f"k{i}").value, b"%d" % i)
 
 
+def started_on_disk(me: str, voters: list[str], path: str, clock: Clock) -> RaftNode:
+    """A running node with an SQLite log in ``path`` and a network of its own."""
+    node = RaftNode(
+        me,
+        voters,
+        FSM(StateStore()),
+        SQLiteLogStore(path),
+        FakeTransport(Net(clock), me),
+        clock,
+        clock.seconds,
+        random.Random(1),
+        TIMING,
+    )
+    node.startService()
+    return node
+
+
 class BootstrapRestartTests(SynchronousTestCase):
     """A server killed right after it bootstrapped still knows the voters when it restarts."""
 
     def make(self, me: str, voters: list[str], path: str, clock: Clock) -> RaftNode:
-        node = RaftNode(
-            me,
-            voters,
-            FSM(StateStore()),
-            SQLiteLogStore(path),
-            FakeTransport(Net(clock), me),
-            clock,
-            clock.seconds,
-            random.Random(1),
-            TIMING,
-        )
-        node.startService()
+        node = started_on_disk(me, voters, path, clock)
         self.addCleanup(lambda: node.stopService() if node.running else None)
         return node
 
