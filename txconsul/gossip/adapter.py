@@ -101,7 +101,9 @@ class Codec:
         data = encode_packet(
             [m.to_wire() for m in packet.messages], compress=self.compress_packets, crc=packet.crc
         )
-        return self.keyring.encrypt_packet(data) if self.keyring and self.verify_outgoing else data
+        if self.keyring is None or not self.verify_outgoing:
+            return data
+        return self.keyring.encrypt_packet(data)
 
     def decode_packet(self, data: bytes) -> list[Any]:
         _, data = wire.strip_label(data)
@@ -121,7 +123,9 @@ class Codec:
 
     def encode_stream(self, message: Any) -> bytes:
         data = encode_stream(message, compress=self.compress)
-        return self.keyring.encrypt_stream(data) if self.keyring and self.verify_outgoing else data
+        if self.keyring is None or not self.verify_outgoing:
+            return data
+        return self.keyring.encrypt_stream(data)
 
     def decode_stream(self, buffer: bytes) -> tuple[Any, int]:
         """:raise Incomplete: wait for more bytes."""
