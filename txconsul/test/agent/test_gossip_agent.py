@@ -734,3 +734,18 @@ class RollingEncryptionTests(GossipAgentTestCase):
         self.assertEqual(await self.statuses(c1), {"c1": 1, "c2": 1})
         self.assertEqual(await self.statuses(plain), {"c3": 1})
         self.assertGreater(self.dropped(c1), 0)  # its push/pull, refused
+
+    async def test_the_wan_pool_follows_the_same_flags(self) -> None:
+        """A plaintext server of another datacenter joins the WAN pool only while it may."""
+        off = {"encrypt_verify_incoming": False, "encrypt_verify_outgoing": False}
+        lenient = await self.agent("s1", server=True, encrypt=KEY, **off)
+        strict = await self.agent("s2", server=True, encrypt=KEY)
+        plain = await self.agent("s3", server=True, datacenter="dc2")
+        code, _ = await self.http(plain, "PUT", f"/v1/agent/join/{wan(lenient)}?wan=1")
+        self.assertEqual(code, 200)
+        both = {"s1.dc1": 1, "s3.dc2": 1}
+        for agent in (lenient, plain):
+            await self.wait_for(functools.partial(self.has_statuses, agent, both, "?wan=1"))
+        code, _ = await self.http(plain, "PUT", f"/v1/agent/join/{wan(strict)}?wan=1")
+        self.assertEqual(code, 500)
+        self.assertEqual(await self.statuses(strict, "?wan=1"), {"s2.dc1": 1})
