@@ -74,7 +74,7 @@ class Codec:
         packets and streams go out in plaintext.
 
     The two flags let a running pool move to encryption by rolling restarts
-    (docs/security.rst); without a keyring they change nothing.
+    (docs/gossip.rst); without a keyring they change nothing.
 
     Both compressions are off in the pools (``GossipConfig.compress_streams``
     and ``compress_packets``): LZW in pure Python costs about 0.7 ms per full
