@@ -25,13 +25,12 @@ from twisted.logger import Logger
 from txconsul import CONSUL_VERSION
 from txconsul.config import DEFAULT_PORTS
 from txconsul.errors import BadRequest, TxConsulError
-from txconsul.gossip import snapshot, wire
+from txconsul.gossip import snapshot
 from txconsul.gossip.adapter import GossipPool, Monotonic
 from txconsul.gossip.keyring import Keyring, decode_key, read_keyring_file, write_keyring_file
 from txconsul.gossip.memberlist import Address, GossipConfig, Node
 from txconsul.gossip.messages import DEFAULT_VSN
 from txconsul.gossip.serf import (
-    LEAVE,
     KeyResponse,
     Member,
     MemberEvent,
@@ -105,20 +104,16 @@ class ConsulSerf(Serf):
         super().notify_update(now, node)
         self.changed()
 
-    def force_leave(self, node: str, prune: bool) -> None:
-        """
-        Broadcast a leave intent for another member (serf's RemoveFailedNode):
-        a failed member becomes left; ``prune`` also forgets it here at once.
-        """
+    def tick(self, now: float) -> list[tuple[str, int]]:
+        targets = super().tick(now)
+        self.changed()  # reaps and prunes
+        return targets
+
+    def force_leave(self, now: float, node: str, prune: bool = False) -> None:
+        """serf's force-leave of a member we know; ``TxConsulError`` for a stranger."""
         if node not in self.members:
             raise TxConsulError(f"agent: No node found with name {node!r}")
-        ltime = self.clock.time()
-        self.clock.increment()
-        self._apply_intent(LEAVE, node, ltime)
-        self._broadcast(bytes([LEAVE]) + wire.pack({"LTime": ltime, "Node": node, "Prune": prune}))
-        if prune and node != self.name:
-            del self.members[node]
-            self.events.append(MemberEvent("member-reap", node))
+        super().force_leave(now, node, prune)
         self.changed()
 
 
@@ -541,7 +536,7 @@ class Membership(Service):
 
     def force_leave(self, node: str, prune: bool = False, wan: bool = False) -> None:
         pool = self.pool(wan)
-        pool.serf.force_leave(node, prune)
+        pool.serf.force_leave(self._monotonic(), node, prune)
         pool.gossip.flush()
 
     def leave(self) -> Deferred[None]:

@@ -64,6 +64,10 @@ class SerfConfig:
     reconnect_timeout: float = 24 * 3600.0
     tombstone_timeout: float = 24 * 3600.0
     query_timeout_mult: int = 16
+    #: how long a leave waits for its broadcast, and then for it to spread; a
+    #: pruned member that is still leaving is erased after both
+    broadcast_timeout: float = 5.0
+    leave_propagate_delay: float = 1.0
     #: how often changed Lamport clocks are written to the snapshot
     clock_save_interval: float = 0.5
 
@@ -343,6 +347,8 @@ class Serf:
         self.broadcasts: BroadcastQueue[bytes] = BroadcastQueue(retransmit_mult)
         self._seen_events: dict[int, set[tuple[str, bytes]]] = {}
         self._intents: dict[str, tuple[int, int]] = {}  # name -> (kind, ltime)
+        #: leaving members a pruning leave intent erases at the given time
+        self._prunes: dict[str, float] = {}
         self.memberlist: Memberlist | None = None
 
     def attach(self, memberlist: Memberlist) -> None:
@@ -377,6 +383,17 @@ class Serf:
             self._save_clocks()
             self.snapshot.leave()
 
+    def force_leave(self, now: float, node: str, prune: bool = False) -> None:
+        """
+        Broadcast a leave intent for another member (serf's RemoveFailedNode):
+        everybody turns it left if it failed; ``prune`` also erases it from
+        every member list, as a reap would.
+        """
+        ltime = self.clock.time()
+        self.clock.increment()
+        self._apply_intent(LEAVE, node, ltime, prune, now)
+        self._broadcast(_msg(LEAVE, {"LTime": ltime, "Node": node, "Prune": prune}))
+
     def user_event(self, name: str, payload: bytes, coalesce: bool = True) -> None:
         if len(name) + len(payload) > USER_EVENT_SIZE_LIMIT:
             raise ValueError("user event exceeds the size limit")
@@ -397,6 +414,7 @@ class Serf:
         """When ``tick`` should next run (the adapter arms one timer for both cores)."""
         times = [self._next_reap, self._next_reconnect, self._next_clock_save]
         times += [h.deadline for h in self._queries.values()]
+        times += self._prunes.values()
         return min((t for t in times if t is not None), default=0.0)
 
     def tick(self, now: float) -> list[tuple[str, int]]:
@@ -408,6 +426,12 @@ class Serf:
         if now >= self._next_reap:
             self._next_reap = now + cfg.reap_interval
             self.reap(now)
+        for name, when in list(self._prunes.items()):
+            if now >= when:
+                del self._prunes[name]
+                member = self.members.get(name)
+                if member is not None and member.status != MemberStatus.ALIVE:
+                    self._erase(member.name)
         targets = []
         if now >= self._next_reconnect:
             self._next_reconnect = now + cfg.reconnect_interval
@@ -443,8 +467,13 @@ class Serf:
             else:
                 continue
             if member.name != self.name and now - member.leave_time > limit:
-                del self.members[member.name]
-                self.events.append(MemberEvent("member-reap", member.name))
+                self._erase(member.name)
+
+    def _erase(self, name: str) -> None:
+        """Forget a member entirely (serf's eraseNode); memberlist keeps its own record."""
+        del self.members[name]
+        self._prunes.pop(name, None)
+        self.events.append(MemberEvent("member-reap", name))
 
     def reconnect_target(self) -> tuple[str, int] | None:
         """With probability failed/alive, a random failed member to try to join again."""
@@ -725,7 +754,7 @@ class Serf:
             if payload[0] == USER_EVENT:
                 self._on_user_event(payload[1:], rebroadcast=True)
             elif payload[0] in (JOIN, LEAVE):
-                self._on_intent(payload)
+                self._on_intent(now, payload)
             elif payload[0] == QUERY:
                 self._on_query(now, payload)
             elif payload[0] == QUERY_RESPONSE:
@@ -739,16 +768,24 @@ class Serf:
             raise MalformedPacket("serf message is not a map")
         return body
 
-    def _on_intent(self, payload: bytes) -> None:
+    def _on_intent(self, now: float, payload: bytes) -> None:
         kind = payload[0]
         body = self._body(payload[1:])
         ltime = _u64(body, b"LTime")
         node = _text(body, b"Node")
+        prune = kind == LEAVE and body.get(b"Prune") is True
         self.clock.witness(ltime)
-        if self._apply_intent(kind, node, ltime):
+        if self._apply_intent(kind, node, ltime, prune, now):
             self._broadcast(payload)
 
-    def _apply_intent(self, kind: int, node: str, ltime: int) -> bool:
+    def _apply_intent(
+        self, kind: int, node: str, ltime: int, prune: bool = False, now: float = 0.0
+    ) -> bool:
+        """
+        serf's handling of a join or leave intent newer than the member's; a
+        pruning leave then erases the member (a leaving one after the time its
+        own leave takes to spread). :return: whether to gossip it on.
+        """
         member = self.members.get(node)
         if member is None:
             known = self._intents.get(node)
@@ -771,6 +808,13 @@ class Serf:
         elif member.status == MemberStatus.FAILED:
             member.status = MemberStatus.LEFT
             self.events.append(MemberEvent("member-leave", node))
+        if prune and node != self.name:
+            if member.status == MemberStatus.LEAVING:
+                cfg = self.config
+                delay = cfg.broadcast_timeout + cfg.leave_propagate_delay
+                self._prunes.setdefault(node, now + delay)
+            else:
+                self._erase(node)
         return True
 
     def _on_user_event(self, data: bytes, rebroadcast: bool) -> None:

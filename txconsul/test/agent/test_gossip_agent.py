@@ -226,6 +226,21 @@ class StatusTests(GossipAgentTestCase):
         self.assertEqual(code, 200)
         self.assertNotIn("c1", await self.members(s1))
 
+    async def test_force_leave_prune_erases_the_member_on_the_other_agents(self) -> None:
+        s1, c1 = await self.joined_pair()
+        c2 = await self.agent("c2", start_join=[lan(s1)])
+        everyone = {"s1": 1, "c1": 1, "c2": 1}
+        for agent in (s1, c2):
+            await self.wait_for(functools.partial(self.has_statuses, agent, everyone))
+        await c1.stopService()
+        failed = {**everyone, "c1": 4}
+        for agent in (s1, c2):
+            await self.wait_for(functools.partial(self.has_statuses, agent, failed))
+        code, _ = await self.http(s1, "PUT", "/v1/agent/force-leave/c1?prune")
+        self.assertEqual(code, 200)
+        self.assertNotIn("c1", await self.members(s1))
+        await self.wait_for(lambda: self.equals(self.statuses(c2), {"s1": 1, "c2": 1}))
+
     async def test_force_leave_of_an_unknown_node_is_an_error(self) -> None:
         s1 = await self.agent("s1", server=True)
         code, body = await self.http(s1, "PUT", "/v1/agent/force-leave/nobody")

@@ -11,6 +11,7 @@ import os
 import random
 import tempfile
 
+import attrs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
@@ -253,6 +254,28 @@ class ReapAndReconnectTests(SynchronousTestCase):
         pool.run(10.0)
         self.assertNotIn("b", serf.members)
         self.assertNotIn(("a", ("10.0.0.2", 8301)), pool.reconnects)  # left: no retry
+
+    def test_a_pruning_force_leave_erases_the_member_everywhere(self) -> None:
+        config = attrs.evolve(SHORT, reconnect_timeout=3600.0, tombstone_timeout=3600.0)
+        pool = Pool(["a", "b", "c"], config)
+        pool.down.add("c")
+        pool.cores["c"].stop()
+        for _ in range(60):
+            if all(pool.serfs[n].members["c"].status == MemberStatus.FAILED for n in "ab"):
+                break
+            pool.run(0.5)
+        self.assertEqual(pool.serfs["b"].members["c"].status, MemberStatus.FAILED)
+        pool.serfs["b"].drain_events()
+        pool.serfs["a"].force_leave(pool.now, "c", prune=True)
+        pool.run(1.0)
+        self.assertNotIn("c", pool.serfs["b"].members)
+        self.assertEqual(
+            [e for e in pool.serfs["b"].drain_events() if isinstance(e, MemberEvent)],
+            [MemberEvent("member-leave", "c"), MemberEvent("member-reap", "c")],
+        )
+        pool.run(30.0)  # push/pull and gossip bring nothing back
+        self.assertEqual(set(pool.serfs["a"].members), {"a", "b"})
+        self.assertEqual(set(pool.serfs["b"].members), {"a", "b"})
 
 
 class SnapshotTests(SynchronousTestCase):
