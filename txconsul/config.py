@@ -106,6 +106,19 @@ class AgentConfig:
         return self.advertise_addr_wan or self.advertise
 
     @property
+    def tagged_addresses(self) -> dict[str, str]:
+        """
+        The node's ``TaggedAddresses`` in the catalog, as Consul's agent sets them:
+        ``lan`` is the advertised address, ``wan`` the WAN one (falling back to
+        ``lan``), and each also under ``_ipv4`` or ``_ipv6`` after its family.
+        """
+        out = {}
+        for tag, address in (("lan", self.advertise), ("wan", self.advertise_wan)):
+            out[tag] = address
+            out[f"{tag}_ipv{ipaddress.ip_address(address).version}"] = address
+        return out
+
+    @property
     def rpc_address(self) -> str:
         return f"{self.advertise}:{self.ports['server']}"
 
@@ -172,9 +185,12 @@ def _type(raw: Mapping[str, Any], key: str, kind: type | tuple[type, ...], what:
 
 def _address(value: str, key: str, what: str) -> str:
     try:
-        ipaddress.ip_address(value)
+        ip = ipaddress.ip_address(value)
     except ValueError:
         raise ConfigError(f"{what}: {key} {value!r} is not an IP address") from None
+    if key.startswith("advertise") and ip.is_unspecified:
+        # other agents cannot reach "any address": Consul refuses it too
+        raise ConfigError(f"{what}: {key} cannot be {value}, an address nobody can reach")
     return value
 
 

@@ -301,14 +301,17 @@ class Agent(MultiService):
                     return
 
     def node_registration(self) -> dict[str, Any]:
-        """The node part of a catalog registration of this agent."""
-        addr = self.config.advertise
+        """
+        The node part of a catalog registration of this agent. Its tagged
+        addresses come from here only (the leader's reconciliation keeps what
+        the catalog holds), so the ``wan`` one is ``advertise_addr_wan``.
+        """
         return {
             "ID": self.node_id,
             "Node": self.config.node_name,
-            "Address": addr,
+            "Address": self.config.advertise,
             "Datacenter": self.config.datacenter,
-            "TaggedAddresses": {"lan": addr, "lan_ipv4": addr, "wan": addr, "wan_ipv4": addr},
+            "TaggedAddresses": self.config.tagged_addresses,
             "NodeMeta": {"consul-network-segment": "", **self.config.node_meta},
         }
 

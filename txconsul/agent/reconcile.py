@@ -53,8 +53,18 @@ def serf_health(status: str, output: str) -> dict[str, Any]:
     }
 
 
-def register_command(member: Member, datacenter: str, passing: bool) -> dict[str, Any]:
-    """The catalog registration of a LAN member, with its serfHealth check."""
+def register_command(
+    member: Member, datacenter: str, passing: bool, known: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """
+    The catalog registration of a LAN member, with its serfHealth check.
+
+    ``known`` is the member's node as the catalog holds it. The node's tagged
+    addresses and meta are its own agent's (anti-entropy writes them; a WAN
+    address is nowhere in the gossip), so, as Consul's leader does, this keeps
+    the node untouched while its address is the member's, carries them over
+    when the address changed, and writes none for a node the catalog lacks.
+    """
     addr = member.address[0]
     check = (
         serf_health("passing", ALIVE_OUTPUT) if passing else serf_health("critical", FAILED_OUTPUT)
@@ -64,10 +74,14 @@ def register_command(member: Member, datacenter: str, passing: bool) -> dict[str
         "Node": member.name,
         "Address": addr,
         "Datacenter": datacenter,
-        "TaggedAddresses": {"lan": addr, "lan_ipv4": addr, "wan": addr, "wan_ipv4": addr},
         "Checks": [check],
         "Service": None,
     }
+    if known is not None and known.get("Address") == addr:
+        request["SkipNodeUpdate"] = True
+    elif known is not None:
+        request["TaggedAddresses"] = dict(known.get("TaggedAddresses") or {})
+        request["NodeMeta"] = dict(known.get("Meta") or {})
     if member.tags.get("role") == "consul" and passing:
         port = member.tags.get("port", "")
         request["Service"] = {
@@ -131,13 +145,10 @@ def reconcile_commands(
         if name == me or not reconciled(member, datacenter):
             continue
         if member.status in (MemberStatus.ALIVE, MemberStatus.FAILED):
-            command = register_command(member, datacenter, member.status == MemberStatus.ALIVE)
+            command = register_command(
+                member, datacenter, member.status == MemberStatus.ALIVE, catalog.nodes.get(name)
+            )
             if not _in_step(member, command["Request"], catalog):
-                if (
-                    name in catalog.nodes
-                    and catalog.nodes[name].get("Address") == (member.address[0])
-                ):
-                    command["Request"]["SkipNodeUpdate"] = True  # its agent keeps the node
                 out.append((name, command))
         elif member.status == MemberStatus.LEFT and name in catalog.nodes:
             out.append((name, deregister_command(name, datacenter)))
@@ -176,12 +187,9 @@ class Reconciler:
         if not reconciled(member, c.datacenter):
             return
         if member.status in (MemberStatus.ALIVE, MemberStatus.FAILED):
-            command = register_command(member, c.datacenter, member.status == MemberStatus.ALIVE)
+            alive = member.status == MemberStatus.ALIVE
             known = self._agent.store.catalog.nodes.get(name)
-            if known is not None and known["Address"] == member.address[0]:
-                # the node's own agent keeps its entry (meta included) by anti-entropy
-                command["Request"]["SkipNodeUpdate"] = True
-            self._apply(command, name)
+            self._apply(register_command(member, c.datacenter, alive, known), name)
         elif member.status == MemberStatus.LEFT:
             self._apply(deregister_command(name, c.datacenter), name)
 

@@ -131,7 +131,16 @@ def install(app: Klein, api: HTTPApi) -> None:
                 "Server": c.server,
                 "Version": CONSUL_VERSION,
             },
-            "DebugConfig": {},
+            # a few of Consul's runtime configuration fields, as it names them
+            "DebugConfig": {
+                "AdvertiseAddrLAN": c.advertise,
+                "AdvertiseAddrWAN": c.advertise_wan,
+                "BindAddr": c.bind_addr,
+                "Datacenter": c.datacenter,
+                "NodeName": c.node_name,
+                "ServerMode": c.server,
+                "TaggedAddresses": c.tagged_addresses,
+            },
             "Coord": {"Vec": [0.0] * 8, "Error": 1.5, "Adjustment": 0.0, "Height": 1e-05},
             "Member": agent.member(),
             "Stats": {

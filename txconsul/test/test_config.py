@@ -150,6 +150,8 @@ class WrongTypes(ConfigFiles):
             ({"bind_addr": "not-an-ip"}, "not an IP address"),
             ({"advertise_addr": "10.0.0.300"}, "not an IP address"),
             ({"advertise_addr_wan": "wan.example"}, "not an IP address"),
+            ({"advertise_addr": "0.0.0.0"}, "advertise_addr cannot be 0.0.0.0"),
+            ({"advertise_addr_wan": "::"}, "advertise_addr_wan cannot be ::"),
             ({"log_level": "loud"}, "unknown log_level"),
             ({"bootstrap_expect": -1}, "must not be negative"),
             ({"server": False, "bootstrap_expect": 3, "dev": False, "data_dir": "/d"}, "server"),
@@ -329,6 +331,31 @@ class TwistdOptions(ConfigFiles):
         assert options.config is not None
         self.assertEqual(options.config.advertise_wan, "10.0.0.7")  # Consul's fallback
         self.assertUsageError(["--dev", "--advertise-wan", "nowhere"], "advertise_addr_wan")
+
+    def test_tagged_addresses_follow_advertise_and_advertise_wan(self) -> None:
+        options = self.parse("--dev", "--advertise", "10.0.0.7", "--advertise-wan", "2001:db8::7")
+        assert options.config is not None
+        self.assertEqual(
+            options.config.tagged_addresses,
+            {
+                "lan": "10.0.0.7",
+                "lan_ipv4": "10.0.0.7",
+                "wan": "2001:db8::7",
+                "wan_ipv6": "2001:db8::7",
+            },
+        )
+        # no advertise address: the bind address for both, as Consul's fallbacks
+        options = self.parse("--dev", "--bind", "127.0.0.3")
+        assert options.config is not None
+        self.assertEqual(
+            options.config.tagged_addresses,
+            {
+                "lan": "127.0.0.3",
+                "lan_ipv4": "127.0.0.3",
+                "wan": "127.0.0.3",
+                "wan_ipv4": "127.0.0.3",
+            },
+        )
 
     def test_bad_ports(self) -> None:
         for flag in ("--http-port", "--dns-port", "--serf-lan-port", "--serf-wan-port"):

@@ -13,9 +13,11 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+import consul
 from twisted.internet import reactor  # noqa: TID251 (real-socket test)
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from txconsul.agent.agent import Agent
@@ -440,6 +442,40 @@ class AdvertiseTests(GossipAgentTestCase):
         )
         self.assertEqual((await self.members(s1, "?wan=1"))["s1.dc1"]["Addr"], "127.0.0.6")
         self.assertEqual((await self.members(s1))["s1"]["Addr"], "127.0.0.1")
+
+    async def test_a_client_writes_its_wan_address_into_the_leaders_catalog(self) -> None:
+        # the leader registers c1 from the gossip, which holds no WAN address;
+        # c1's own anti-entropy then writes its tagged addresses
+        s1 = await self.agent("s1", server=True, advertise_addr_wan="192.0.2.1")
+        await self.agent("c1", advertise_addr_wan="198.51.100.9", start_join=[lan(s1)])
+        host, port = s1.http.address()
+        client = consul.Consul(host=host, port=port)
+        self.addCleanup(client.http.session.close)
+
+        async def tagged(node: str) -> dict[str, str] | None:
+            _, entry = await deferToThread(client.catalog.node, node)
+            return entry["Node"]["TaggedAddresses"] if entry else None
+
+        async def c1_tagged() -> bool:
+            return await tagged("c1") == {
+                "lan": "127.0.0.1",
+                "lan_ipv4": "127.0.0.1",
+                "wan": "198.51.100.9",
+                "wan_ipv4": "198.51.100.9",
+            }
+
+        async def c1_alive() -> bool:
+            check = await self.serf_health(s1, "c1")
+            return check is not None and check["Status"] == "passing"
+
+        await self.wait_for(c1_tagged)
+        await self.wait_for(c1_alive)
+        self.assertEqual((await tagged("s1") or {}).get("wan"), "192.0.2.1")
+        # a full pass of the leader leaves what the agent wrote alone
+        servers, pool = s1.servers, s1.membership.lan
+        assert servers is not None and pool is not None
+        self.assertEqual(servers.reconciler.reconcile_all(pool.serf.members), 0)
+        self.assertTrue(await c1_tagged())
 
 
 class EncryptionTests(GossipAgentTestCase):

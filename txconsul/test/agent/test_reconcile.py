@@ -108,6 +108,35 @@ class ReconcileCommandsTests(SynchronousTestCase):
         self.assertEqual(sorted(commands), ["a", "s"])
         self.assertNotIn("SkipNodeUpdate", commands["a"]["Request"])  # the new address goes in
 
+    def test_a_new_node_gets_no_tagged_addresses_from_the_leader(self) -> None:
+        # its agent's anti-entropy writes them: the WAN address is not in the gossip
+        [(_, command)] = reconcile_commands({"a": member("a")}, catalog_of(), "me", DC)
+        self.assertNotIn("TaggedAddresses", command["Request"])
+        catalog = catalog_of(member("a"))
+        self.assertEqual(catalog.nodes["a"]["TaggedAddresses"], {})
+
+    def test_a_moved_node_keeps_the_tagged_addresses_and_meta_its_agent_wrote(self) -> None:
+        catalog = catalog_of(member("a"))
+        tagged = {"lan": "10.0.0.1", "wan": "198.51.100.1"}
+        catalog.register(
+            9,
+            {"Node": "a", "Address": "10.0.0.1", "TaggedAddresses": tagged, "NodeMeta": {"r": "1"}},
+        )
+        moved = attrs.evolve(member("a"), address=("10.9.9.9", 8301))
+        [(_, command)] = reconcile_commands({"a": moved}, catalog, "me", DC)
+        catalog.register(10, command["Request"])
+        node = catalog.nodes["a"]
+        self.assertEqual(
+            (node["Address"], node["TaggedAddresses"], node["Meta"]),
+            ("10.9.9.9", tagged, {"r": "1"}),
+        )
+        # an alive member at the address the catalog holds leaves the node to its agent
+        catalog.register(11, {"Node": "a", "Address": "10.9.9.9", "TaggedAddresses": tagged})
+        self.assertEqual(reconcile_commands({"a": moved}, catalog, "me", DC), [])
+        failed = attrs.evolve(moved, status=MemberStatus.FAILED)
+        [(_, command)] = reconcile_commands({"a": failed}, catalog, "me", DC)
+        self.assertTrue(command["Request"]["SkipNodeUpdate"])
+
 
 @attrs.define
 class FakeSerf:

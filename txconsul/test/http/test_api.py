@@ -24,10 +24,12 @@ class PyConsulTestCase(TestCase):
     """A dev agent and a py-consul client pointed at it."""
 
     timeout = 30
+    #: configuration of the agent, beside the dev defaults
+    flags: dict[str, Any] = {}
 
     @defer.inlineCallbacks
     def setUp(self) -> Any:
-        self.agent = yield start_agent(self, reactor)
+        self.agent = yield start_agent(self, reactor, **self.flags)
         host, port = self.agent.http.address()
         self.client = consul.Consul(host=host, port=port)
         self.addCleanup(self.client.http.session.close)
@@ -310,6 +312,38 @@ class HealthTests(PyConsulTestCase):
         new_index, healthy = yield blocked
         self.assertGreater(int(new_index), int(index))
         self.assertEqual(healthy, [])
+
+
+class WANAddressTests(PyConsulTestCase):
+    """``advertise_addr_wan`` is the node's ``wan`` tagged address, as in Consul."""
+
+    flags = {"node_name": "edge1", "advertise_addr_wan": "198.51.100.7"}
+
+    @defer.inlineCallbacks
+    def test_the_catalog_node_has_the_wan_address_as_its_wan_tagged_address(self) -> Any:
+        _, entry = yield self.call(self.client.catalog.node, "edge1")
+        self.assertEqual(entry["Node"]["Address"], "127.0.0.1")
+        self.assertEqual(
+            entry["Node"]["TaggedAddresses"],
+            {
+                "lan": "127.0.0.1",
+                "lan_ipv4": "127.0.0.1",
+                "wan": "198.51.100.7",
+                "wan_ipv4": "198.51.100.7",
+            },
+        )
+        _, nodes = yield self.call(self.client.catalog.nodes)
+        self.assertEqual([n["TaggedAddresses"]["wan"] for n in nodes], ["198.51.100.7"])
+
+    @defer.inlineCallbacks
+    def test_agent_self_reports_both_advertised_addresses(self) -> Any:
+        me = yield self.call(self.client.agent.self)
+        debug = me["DebugConfig"]
+        self.assertEqual(
+            (debug["AdvertiseAddrLAN"], debug["AdvertiseAddrWAN"], debug["BindAddr"]),
+            ("127.0.0.1", "198.51.100.7", "127.0.0.1"),
+        )
+        self.assertEqual(debug["TaggedAddresses"]["wan_ipv4"], "198.51.100.7")
 
 
 class AgentTests(PyConsulTestCase):
