@@ -588,24 +588,27 @@ class Membership(Service):
         return pools
 
     def keyring_operation(
-        self, op: str, key: bytes | None = None, lan_only: bool = False
+        self, op: str, key: bytes | None = None, lan_only: bool = False, relay_factor: int = 0
     ) -> Deferred[list[tuple[SerfPool, KeyResponse]]]:
         """
         ``install``, ``use`` or ``remove`` ``key`` on every member of each
         encrypted pool (the LAN pool alone with ``lan_only``), or ``list``
         their keys, through serf's internal key queries; fires with each
         pool's summed-up answers once every member answered or the query
-        timed out. ``txconsul.agent.keyring`` runs it on the servers.
+        timed out; with ``relay_factor`` every member also sends its answer
+        through that many others. ``txconsul.agent.keyring`` runs it on the servers.
         """
         pools = self.keyrings(lan_only)
-        queries = [self._key_query(pool, op, key) for pool in pools]
+        queries = [self._key_query(pool, op, key, relay_factor) for pool in pools]
         return gatherResults(queries).addCallback(
             lambda answers: list(zip(pools, answers, strict=True))
         )
 
-    def _key_query(self, pool: SerfPool, op: str, key: bytes | None) -> Deferred[KeyResponse]:
+    def _key_query(
+        self, pool: SerfPool, op: str, key: bytes | None, relay_factor: int
+    ) -> Deferred[KeyResponse]:
         done: Deferred[KeyResponse] = Deferred()
-        handle = pool.serf.key_query(self._monotonic(), op, key)
+        handle = pool.serf.key_query(self._monotonic(), op, key, relay_factor)
         num_nodes = pool.gossip.core.num_members()
 
         def watch(h: QueryHandle) -> None:
