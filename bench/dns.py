@@ -29,6 +29,8 @@ import sys
 import tempfile
 import time
 
+from txconsul.testing.process import free_port
+
 SERVICES = 1000
 INSTANCES = 3
 NODES = 1000
@@ -42,21 +44,6 @@ def node_address(i: int) -> str:
 def instances_of(s: int) -> list[int]:
     """The nodes that run service ``s``."""
     return [(s + k) % NODES for k in range(INSTANCES)]
-
-
-def free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind(("127.0.0.1", 0))
-            port: int = u.getsockname()[1]
-            with socket.socket() as t:
-                try:
-                    t.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-        return port
-    raise RuntimeError("no free port")
 
 
 def wait_for_dns(port: int, timeout: float = 30.0) -> None:

@@ -36,7 +36,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -47,6 +46,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+
+from txconsul.testing.process import free_port
 
 HERE = Path(__file__).resolve().parent
 LUA = HERE / "kv.lua"
@@ -69,12 +70,6 @@ TARGET_WAKE_P99_MS = 200.0
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _set_pdeathsig() -> None:

@@ -152,6 +152,62 @@ class LoopbackTests(TestCase):
 
         await self.wait_for(declared_dead, limit=15)
 
+    async def test_a_dead_members_name_is_reclaimed_at_a_new_address_after_the_reclaim_time(
+        self,
+    ) -> None:
+        """
+        memberlist's DeadNodeReclaimTime over real sockets: a member killed
+        without leaving comes back under its name at another port. Until it
+        has been dead ``reclaim`` seconds the others keep the old address (a
+        name conflict: the newcomer's alive claims are ignored); after that
+        its next claim moves them. The time is shortened from Consul's 30 s
+        through the pools' ``GossipConfig``, no agent option.
+        """
+        reclaim = 4.0
+        config = attrs.evolve(FAST, dead_node_reclaim_time=reclaim)
+
+        def pool(name: str) -> GossipPool:
+            p = GossipPool(reactor, time.monotonic, name, config=config, rng=random.Random(name))
+            p.startService()
+            self.addCleanup(lambda: p.stopService() if p.running else None)
+            return p
+
+        a, b, old = pool("a"), pool("b"), pool("c")
+        new = pool("c")  # bound while the old one runs: certainly another port
+        old_address = old.address()
+        self.assertNotEqual(new.address(), old_address)
+        for p in (b, old):
+            await p.join([a.address()])
+        await self.wait_for(lambda: self.alive_everywhere([a, b, old]))
+        await old.stopService()  # killed: its sockets close, no leave is sent
+
+        def dead_everywhere() -> bool:
+            return all(p.core.nodes["c"].state == MemberState.DEAD for p in (a, b))
+
+        await self.wait_for(dead_everywhere, limit=15)
+        died = {p.node_name: p.core.nodes["c"].state_change for p in (a, b)}
+        self.assertEqual(await new.join([a.address()]), 1)
+        # the newcomer heard it is dead and refuted: its claim reached a and was refused
+        await self.wait_for(lambda: new.core.nodes["c"].incarnation > 0)
+        for p in (a, b):
+            known = p.core.nodes["c"]
+            self.assertLess(
+                time.monotonic() - died[p.node_name], reclaim, "too slow to see the refusal"
+            )
+            self.assertEqual((known.state, known.address), (MemberState.DEAD, old_address))
+        self.assertIn("a", new.core.nodes)
+
+        def reclaimed() -> bool:
+            return all(
+                p.core.nodes["c"].state == MemberState.ALIVE
+                and p.core.nodes["c"].address == new.address()
+                for p in (a, b)
+            )
+
+        await self.wait_for(reclaimed, limit=20)
+        for p in (a, b):
+            self.assertGreater(p.core.nodes["c"].state_change - died[p.node_name], reclaim)
+
     async def test_compressing_and_plain_pools_read_each_other(self) -> None:
         plain = self.start_pool("plain")
         self.assertFalse(plain.codec.compress or plain.codec.compress_packets)
