@@ -402,3 +402,26 @@ class SerfInteropTests(TestCase):
         self.assertNotIn("victim", ours.members)
         await self.wait_for(lambda: "victim" not in self.serf_members())
         self.assertIn("txconsul-1", self.serf_members())
+
+    async def test_relayed_answers_go_both_ways_between_serf_and_txconsul(self) -> None:
+        ours, pool = await self.joined("txconsul-1", 5)
+        other, _ = await self.joined("txconsul-2", 6)
+        await self.wait_for(
+            lambda: all(
+                len([m for m in s.members.values() if m.status == MemberStatus.ALIVE]) == 3
+                for s in (ours, other)
+            )
+        )
+        handle = ours.query(time.monotonic(), "relay-me", b"", timeout=10.0, relay_factor=2)
+        pool.flush()
+        await self.wait_for(lambda: handle.acks == {"serf-a", "txconsul-1", "txconsul-2"})
+        # each txconsul member relays its ack through both others (4 copies); serf-a
+        # relays its own through up to two random members (1 or 2 more)
+        await self.wait_for(lambda: handle.duplicates >= 5)
+        self.assertLessEqual(handle.duplicates, 6)
+
+        def serf_relayed_ours() -> bool:
+            with open(self.log.name) as f:
+                return f.read().count("Relaying response to addr") >= 2
+
+        await self.wait_for(serf_relayed_ours)
