@@ -304,6 +304,8 @@ class Membership(Service):
             delegate=serf,
             keyring=keyring,
             advertise=c.advertise_wan if wan else c.advertise,
+            verify_incoming=c.encrypt_verify_incoming,
+            verify_outgoing=c.encrypt_verify_outgoing,
         )
         pool = SerfPool(wan, serf, gossip, keyring, snap, state.rejoin())
         serf.changed = lambda: self._dispatch(pool)

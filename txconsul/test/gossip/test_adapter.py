@@ -19,7 +19,7 @@ from txconsul.gossip.keyring import Keyring, KeyringError, decode_key
 from txconsul.gossip.memberlist import GossipConfig, Packet
 from txconsul.gossip.messages import Ack, Ping, PushPull
 from txconsul.gossip.states import MemberState
-from txconsul.gossip.wire import MalformedPacket
+from txconsul.gossip.wire import Incomplete, MalformedPacket
 from txconsul.testing.polling import poll_until
 
 KEY = bytes(range(32))
@@ -103,6 +103,86 @@ class CodecTests(SynchronousTestCase):
         for codec in (Codec(), Codec(Keyring([KEY])), Codec(compress=False)):
             data = codec.encode_stream(PushPull(True, ()))
             self.assertEqual(codec.decode_stream(data), (PushPull(True, ()), len(data)))
+
+
+class VerifyFlagTests(SynchronousTestCase):
+    """
+    memberlist's GossipVerifyIncoming / GossipVerifyOutgoing (Consul's
+    ``encrypt_verify_incoming`` / ``_outgoing``) in the four combinations.
+    """
+
+    #: a ping (type 0), an ack (2), a compound with a CRC header (12)
+    PACKETS = (
+        Packet(("127.0.0.1", 1), (Ping(1, "a"),)),
+        Packet(("127.0.0.1", 1), (Ack(7),)),
+        Packet(("127.0.0.1", 1), (Ping(2, "a"), Ack(3)), crc=True),
+    )
+    STREAMS = (PushPull(True, ()), Ping(4, "a"))
+
+    def codec(self, incoming: bool, outgoing: bool) -> Codec:
+        return Codec(Keyring([KEY]), verify_incoming=incoming, verify_outgoing=outgoing)
+
+    def test_outgoing_on_seals_packets_and_streams_whatever_incoming_is(self) -> None:
+        for incoming in (True, False):
+            codec = self.codec(incoming, outgoing=True)
+            for packet in self.PACKETS:
+                sealed = codec.encode_packet(packet)
+                self.assertRaises(MalformedPacket, Codec().decode_packet, sealed)
+                self.assertEqual(Codec(Keyring([KEY])).decode_packet(sealed), list(packet.messages))
+            for message in self.STREAMS:
+                sealed = codec.encode_stream(message)
+                self.assertEqual(sealed[0], 10)  # an encrypted stream frame
+                self.assertEqual(Codec(Keyring([KEY])).decode_stream(sealed)[0], message)
+
+    def test_outgoing_off_sends_plaintext_packets_and_streams(self) -> None:
+        for incoming in (True, False):
+            codec = self.codec(incoming, outgoing=False)
+            for packet in self.PACKETS:
+                self.assertEqual(codec.encode_packet(packet), Codec().encode_packet(packet))
+            for message in self.STREAMS:
+                self.assertEqual(codec.encode_stream(message), Codec().encode_stream(message))
+
+    def test_incoming_on_drops_plaintext(self) -> None:
+        for outgoing in (True, False):
+            codec = self.codec(True, outgoing)
+            for packet in self.PACKETS:
+                plain = Codec().encode_packet(packet)
+                self.assertRaises(MalformedPacket, codec.decode_packet, plain)
+            for message in self.STREAMS:
+                plain = Codec().encode_stream(message)
+                error = self.assertRaises(MalformedPacket, codec.decode_stream, plain)
+                self.assertEqual(str(error), "stream is not encrypted")
+
+    def test_incoming_off_reads_plaintext_and_encrypted(self) -> None:
+        sealing = Codec(Keyring([KEY]))
+        for outgoing in (True, False):
+            codec = self.codec(False, outgoing)
+            for packet in self.PACKETS:
+                for data in (Codec().encode_packet(packet), sealing.encode_packet(packet)):
+                    self.assertEqual(codec.decode_packet(data), list(packet.messages))
+            for message in self.STREAMS:
+                for data in (Codec().encode_stream(message), sealing.encode_stream(message)):
+                    self.assertEqual(codec.decode_stream(data), (message, len(data)))
+
+    def test_incoming_off_still_drops_what_is_neither(self) -> None:
+        """Another key's packets and streams are garbage, not plaintext."""
+        codec = self.codec(False, False)
+        foreign = Codec(Keyring([OTHER]))
+        packet = foreign.encode_packet(self.PACKETS[0])
+        error = self.assertRaises(MalformedPacket, codec.decode_packet, packet)
+        self.assertIn("no installed key could decrypt the message; nor is it plaintext", str(error))
+        stream = foreign.encode_stream(PushPull(True, ()))
+        self.assertRaises(MalformedPacket, codec.decode_stream, stream)
+        self.assertRaises(MalformedPacket, codec.decode_packet, b"\xff\x00garbage")
+
+    def test_a_stream_is_read_only_once_complete_either_way(self) -> None:
+        codec = self.codec(False, False)
+        for data in (
+            Codec().encode_stream(PushPull(True, ())),
+            Codec(Keyring([KEY])).encode_stream(Ping(4, "a")),
+        ):
+            for end in range(len(data)):
+                self.assertRaises(Incomplete, codec.decode_stream, data[:end])
 
 
 class LoopbackTests(TestCase):
