@@ -78,6 +78,10 @@ class AgentConfig:
     skip_leave_on_interrupt: bool = False
     bootstrap_expect: int = 0
     encrypt: str | None = None
+    #: with ``encrypt``: refuse plaintext gossip / encrypt what is sent; both off
+    #: for the first of the rolling restarts that turn encryption on
+    encrypt_verify_incoming: bool = True
+    encrypt_verify_outgoing: bool = True
     ui: bool = False
     log_level: str = "INFO"
     domain: str = "consul."
@@ -326,6 +330,9 @@ def build(raw: Mapping[str, Any], what: str = "configuration") -> AgentConfig:
                 f"{what}: encrypt must be a 16, 24 or 32 byte key, not {len(decoded)} bytes"
             )
         kw["encrypt"] = key
+    for key in ("encrypt_verify_incoming", "encrypt_verify_outgoing"):
+        if key in raw:
+            kw[key] = _type(raw, key, bool, what)
     ui = raw.get("ui", False)
     if isinstance(raw.get("ui_config"), dict) and "enabled" in raw["ui_config"]:
         ui = raw["ui_config"]["enabled"]

@@ -66,48 +66,81 @@ class Codec:
     :param compress: LZW-compress TCP streams, as serf does.
     :param compress_packets: also try LZW on every UDP packet, as memberlist
         does with EnableCompression.
+    :param verify_incoming: with a keyring, refuse plaintext packets and
+        streams (memberlist's GossipVerifyIncoming, Consul's
+        ``encrypt_verify_incoming``); off, plaintext is read as well.
+    :param verify_outgoing: with a keyring, seal what is sent (memberlist's
+        GossipVerifyOutgoing, Consul's ``encrypt_verify_outgoing``); off,
+        packets and streams go out in plaintext.
 
-    Both are off in the pools (``GossipConfig.compress_streams`` and
-    ``compress_packets``): LZW in pure Python costs about 0.7 ms per full
+    The two flags let a running pool move to encryption by rolling restarts
+    (docs/security.rst); without a keyring they change nothing.
+
+    Both compressions are off in the pools (``GossipConfig.compress_streams``
+    and ``compress_packets``): LZW in pure Python costs about 0.7 ms per full
     1,400-byte packet and 3 ms per 10 KB push/pull each way, the largest CPU
     costs of a pool converging, to save about half the bytes. Compressed
     packets and streams from peers are decoded either way.
     """
 
     def __init__(
-        self, keyring: Keyring | None = None, compress: bool = True, compress_packets: bool = False
+        self,
+        keyring: Keyring | None = None,
+        compress: bool = True,
+        compress_packets: bool = False,
+        verify_incoming: bool = True,
+        verify_outgoing: bool = True,
     ) -> None:
         self.keyring = keyring
         self.compress = compress
         self.compress_packets = compress_packets
+        self.verify_incoming = verify_incoming
+        self.verify_outgoing = verify_outgoing
 
     def encode_packet(self, packet: Packet) -> bytes:
         data = encode_packet(
             [m.to_wire() for m in packet.messages], compress=self.compress_packets, crc=packet.crc
         )
-        return self.keyring.encrypt_packet(data) if self.keyring is not None else data
+        if self.keyring is None or not self.verify_outgoing:
+            return data
+        return self.keyring.encrypt_packet(data)
 
     def decode_packet(self, data: bytes) -> list[Any]:
         _, data = wire.strip_label(data)
-        if self.keyring is not None:
-            data = self.keyring.decrypt_packet(data)
-        return decode_packet(data)
+        if self.keyring is None:
+            return decode_packet(data)
+        try:
+            plain = self.keyring.decrypt_packet(data)
+        except MalformedPacket as e:
+            if self.verify_incoming:
+                raise
+            # as memberlist: what no key opens is read as plaintext
+            try:
+                return decode_packet(data)
+            except MalformedPacket as e2:
+                raise MalformedPacket(f"{e}; nor is it plaintext: {e2}") from e2
+        return decode_packet(plain)
 
     def encode_stream(self, message: Any) -> bytes:
         data = encode_stream(message, compress=self.compress)
-        return self.keyring.encrypt_stream(data) if self.keyring is not None else data
+        if self.keyring is None or not self.verify_outgoing:
+            return data
+        return self.keyring.encrypt_stream(data)
 
     def decode_stream(self, buffer: bytes) -> tuple[Any, int]:
         """:raise Incomplete: wait for more bytes."""
         _, rest = wire.strip_label(buffer)
         skipped = len(buffer) - len(rest)
         if self.keyring is not None:
-            plain, used = self.keyring.decrypt_stream(rest)
-            try:
-                message, _ = decode_stream(plain)
-            except Incomplete as e:
-                raise MalformedPacket("encrypted stream frame ends inside a message") from e
-            return message, skipped + used
+            if not rest:
+                raise Incomplete("stream type")
+            if rest[0] == wire.ENCRYPT or self.verify_incoming:
+                plain, used = self.keyring.decrypt_stream(rest)
+                try:
+                    message, _ = decode_stream(plain)
+                except Incomplete as e:
+                    raise MalformedPacket("encrypted stream frame ends inside a message") from e
+                return message, skipped + used
         message, used = decode_stream(rest)
         return message, skipped + used
 
@@ -389,6 +422,8 @@ class GossipPool(Service):
     :param advertise: the IP address other members reach this one at (Consul's
         ``advertise_addr``; a NAT's public side, say), with the bound port;
         by default the bound address itself.
+    :param verify_incoming: refuse plaintext when there is a keyring (``Codec``).
+    :param verify_outgoing: encrypt when there is a keyring (``Codec``).
     """
 
     log = Logger()
@@ -406,6 +441,8 @@ class GossipPool(Service):
         keyring: Keyring | None = None,
         compress: bool | None = None,
         advertise: str | None = None,
+        verify_incoming: bool = True,
+        verify_outgoing: bool = True,
     ) -> None:
         self._reactor = reactor
         self._advertise = advertise
@@ -414,13 +451,15 @@ class GossipPool(Service):
         self._interface = interface
         self._portno = port
         self._config = config if config is not None else GossipConfig.lan()
-        if keyring is not None:
+        if keyring is not None and verify_outgoing:
             self._config = _with_encryption(self._config)
         self._rng = rng if rng is not None else random.Random()
         self._delegate = delegate
         if compress is None:
             compress = self._config.compress_streams
-        self.codec = Codec(keyring, compress, self._config.compress_packets)
+        self.codec = Codec(
+            keyring, compress, self._config.compress_packets, verify_incoming, verify_outgoing
+        )
         self.node: GossipNode | None = None
         #: why the last join through an address was refused (by either side)
         self.refusals: dict[Address, str] = {}

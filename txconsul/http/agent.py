@@ -137,6 +137,8 @@ def install(app: Klein, api: HTTPApi) -> None:
                 "AdvertiseAddrWAN": c.advertise_wan,
                 "BindAddr": c.bind_addr,
                 "Datacenter": c.datacenter,
+                "EncryptVerifyIncoming": c.encrypt_verify_incoming,
+                "EncryptVerifyOutgoing": c.encrypt_verify_outgoing,
                 "NodeName": c.node_name,
                 "ServerMode": c.server,
                 "TaggedAddresses": c.tagged_addresses,

@@ -234,6 +234,24 @@ class BadEncryptKey(ConfigFiles):
         config = load(DEV, [self.write("agent.json", {"encrypt": KEY_16})])
         self.assertEqual(config.encrypt, KEY_16)
 
+    def test_verify_flags_default_true_and_load_from_files(self) -> None:
+        config = load(DEV, [self.write("agent.json", {"encrypt": KEY_16})])
+        self.assertEqual(
+            (config.encrypt_verify_incoming, config.encrypt_verify_outgoing), (True, True)
+        )
+        given = {"encrypt": KEY_16, "encrypt_verify_incoming": False}
+        later = {"encrypt_verify_outgoing": False}
+        files = [self.write("a.json", given), self.write("b.json", later)]
+        config = load(DEV, files)
+        self.assertEqual(
+            (config.encrypt_verify_incoming, config.encrypt_verify_outgoing), (False, False)
+        )
+
+    def test_verify_flags_must_be_booleans(self) -> None:
+        for key in ("encrypt_verify_incoming", "encrypt_verify_outgoing"):
+            for value in ("false", 0, None, [False]):
+                self.assertRefused({key: value}, f"{key} must be a bool, not {value!r}")
+
 
 class RaftSettings(ConfigFiles):
     def test_snapshot_settings_load_and_default_to_rafts_own(self) -> None:

@@ -102,6 +102,28 @@ class GossipAgentTestCase(TestCase):
     async def statuses(self, agent: Agent, query: str = "") -> dict[str, int]:
         return {n: m["Status"] for n, m in (await self.members(agent, query)).items()}
 
+    @staticmethod
+    def gossip_ports(agent: Agent) -> dict[str, int]:
+        ports = {"serf_lan": int(lan(agent).rsplit(":", 1)[1])}
+        if agent.membership.wan is not None:
+            ports["serf_wan"] = int(wan(agent).rsplit(":", 1)[1])
+        return ports
+
+    async def restarted(self, agent: Agent, ports: dict[str, int], **flags: Any) -> Agent:
+        """Stop ``agent`` without leaving (if it still runs), start it again on ``ports``."""
+        if agent.running:
+            await agent.stopService()
+        c = agent.config
+        return await self.agent(
+            c.node_name,
+            server=c.server,
+            dev=False,
+            datacenter=c.datacenter,
+            data_dir=c.data_dir,
+            ports=ports,
+            **flags,
+        )
+
     async def serf_health(self, agent: Agent, node: str) -> dict[str, Any] | None:
         _, checks = await self.http(agent, "GET", f"/v1/health/node/{node}")
         found = [c for c in checks if c["CheckID"] == "serfHealth"]
@@ -228,6 +250,21 @@ class StatusTests(GossipAgentTestCase):
         self.assertEqual(code, 200)
         self.assertNotIn("c1", await self.members(s1))
 
+    async def test_force_leave_prune_erases_the_member_on_the_other_agents(self) -> None:
+        s1, c1 = await self.joined_pair()
+        c2 = await self.agent("c2", start_join=[lan(s1)])
+        everyone = {"s1": 1, "c1": 1, "c2": 1}
+        for agent in (s1, c2):
+            await self.wait_for(functools.partial(self.has_statuses, agent, everyone))
+        await c1.stopService()
+        failed = {**everyone, "c1": 4}
+        for agent in (s1, c2):
+            await self.wait_for(functools.partial(self.has_statuses, agent, failed))
+        code, _ = await self.http(s1, "PUT", "/v1/agent/force-leave/c1?prune")
+        self.assertEqual(code, 200)
+        self.assertNotIn("c1", await self.members(s1))
+        await self.wait_for(lambda: self.equals(self.statuses(c2), {"s1": 1, "c2": 1}))
+
     async def test_force_leave_of_an_unknown_node_is_an_error(self) -> None:
         s1 = await self.agent("s1", server=True)
         code, body = await self.http(s1, "PUT", "/v1/agent/force-leave/nobody")
@@ -237,28 +274,6 @@ class StatusTests(GossipAgentTestCase):
 
 class SnapshotRejoinTests(GossipAgentTestCase):
     """A restarted agent finds its pool again through data_dir/serf/*.snapshot."""
-
-    @staticmethod
-    def gossip_ports(agent: Agent) -> dict[str, int]:
-        ports = {"serf_lan": int(lan(agent).rsplit(":", 1)[1])}
-        if agent.membership.wan is not None:
-            ports["serf_wan"] = int(wan(agent).rsplit(":", 1)[1])
-        return ports
-
-    async def restarted(self, agent: Agent, ports: dict[str, int], **flags: Any) -> Agent:
-        """Stop ``agent`` without leaving (if it still runs), start it again on ``ports``."""
-        if agent.running:
-            await agent.stopService()
-        c = agent.config
-        return await self.agent(
-            c.node_name,
-            server=c.server,
-            dev=False,
-            datacenter=c.datacenter,
-            data_dir=c.data_dir,
-            ports=ports,
-            **flags,
-        )
 
     async def test_restarted_client_rejoins_without_join(self) -> None:
         s1 = await self.agent("s1", server=True)
@@ -561,12 +576,59 @@ class EncryptionTests(GossipAgentTestCase):
         with open(path) as f:
             self.assertEqual(json.load(f), [OTHER_KEY])
         self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
-        ports = SnapshotRejoinTests.gossip_ports(c2)
+        ports = self.gossip_ports(c2)
         await c2.stopService()
         c2 = await self.agent("c2", encrypt=KEY, data_dir=c2.config.data_dir, ports=ports)
         self.assertEqual((await self.lan_keys(c2, "?local-only=true"))["Keys"], {OTHER_KEY: 1})
         await self.wait_for(functools.partial(self.has_statuses, s1, everyone))
         await self.wait_for(functools.partial(self.has_statuses, c2, everyone))
+
+    async def test_relay_factor_sends_every_answer_through_other_members(self) -> None:
+        s1 = await self.agent("s1", server=True, encrypt=KEY)
+        c1 = await self.agent("c1", encrypt=KEY, start_join=[lan(s1)])
+        c2 = await self.agent("c2", encrypt=KEY, start_join=[lan(s1)])
+        everyone = {"s1": 1, "c1": 1, "c2": 1}
+        for agent in (s1, c1, c2):
+            await self.wait_for(functools.partial(self.has_statuses, agent, everyone))
+        agents = (s1, c1, c2)
+
+        def serfs() -> list[Any]:
+            return [a.membership.lan.serf for a in agents if a.membership.lan is not None]
+
+        other = json.dumps({"Key": OTHER_KEY}).encode()
+        code, body = await self.http(c1, "POST", "/v1/operator/keyring?relay-factor=2", other)
+        self.assertEqual((code, body), (200, ""))
+        # each of the three LAN members sent its answer through both others too
+        self.assertEqual([s.relays_sent for s in serfs()], [2, 2, 2])
+        listing = await self.lan_keys(c2, "?relay-factor=2")
+        self.assertEqual(
+            {k: listing[k] for k in ("Keys", "NumNodes", "NumResp", "NumErr")},
+            {"Keys": {KEY: 3, OTHER_KEY: 3}, "NumNodes": 3, "NumResp": 3, "NumErr": 0},
+        )
+        self.assertEqual([s.relays_sent for s in serfs()], [4, 4, 4])
+        # every copy is passed on to s1, which ran the queries
+        await self.wait_for(lambda: sum(s.relays_forwarded for s in serfs()) == 12)
+
+    async def test_a_bad_relay_factor_is_400_with_a_reason(self) -> None:
+        s1 = await self.agent("s1", server=True, encrypt=KEY)
+        key = json.dumps({"Key": OTHER_KEY}).encode()
+        for method in ("GET", "POST", "PUT", "DELETE"):
+            body = None if method == "GET" else key
+            for value, reason in (
+                ("999", "Invalid relay factor: Relay factor must be in range: [0, 5]"),
+                ("6", "Invalid relay factor: Relay factor must be in range: [0, 5]"),
+                ("-1", "Invalid relay factor: Relay factor must be in range: [0, 5]"),
+                ("asdf", 'Error parsing relay factor: strconv.Atoi: parsing "asdf": invalid'),
+                ("2.5", "Error parsing relay factor"),
+            ):
+                code, text = await self.http(
+                    s1, method, f"/v1/operator/keyring?relay-factor={value}", body
+                )
+                self.assertEqual(code, 400, (method, value, text))
+                self.assertIn(reason, text)
+        # nothing changed, and the agent still answers
+        self.assertEqual((await self.lan_keys(s1, "?relay-factor=0"))["Keys"], {KEY: 1})
+        self.assertEqual((await self.lan_keys(s1, "?relay-factor="))["Keys"], {KEY: 1})
 
     async def test_a_change_through_a_client_reaches_every_pool_of_every_datacenter(self) -> None:
         """Consul's Internal.KeyringOperation: WAN, this LAN, other LANs via their servers."""
@@ -617,6 +679,8 @@ class EncryptionTests(GossipAgentTestCase):
             {"Operation": "install", "Key": "short", "Forwarded": False},
             {"Operation": "list", "Key": 5, "Forwarded": False},
             {"Operation": "list", "Key": "", "Forwarded": "yes"},
+            {"Operation": "list", "Key": "", "Forwarded": False, "RelayFactor": 6},
+            {"Operation": "list", "Key": "", "Forwarded": False, "RelayFactor": "2"},
         ]
         for body in bad:
             with self.assertRaises(BadRequest):
@@ -664,3 +728,73 @@ class EncryptionTests(GossipAgentTestCase):
         s2 = await self.agent("s2", server=True, encrypt=KEY)
         code, _ = await self.http(s2, "POST", "/v1/operator/keyring", b'{"Key": "short"}')
         self.assertEqual(code, 400)
+
+
+class RollingEncryptionTests(GossipAgentTestCase):
+    """
+    Consul's way to turn gossip encryption on in a running pool: restart every
+    agent with ``encrypt`` and both verify flags off, then with
+    ``encrypt_verify_outgoing``, then with ``encrypt_verify_incoming``.
+    """
+
+    timeout = 120
+
+    def dropped(self, agent: Agent) -> int:
+        assert agent.membership.lan is not None and agent.membership.lan.gossip.node is not None
+        return agent.membership.lan.gossip.node.dropped
+
+    async def roll(self, agent: Agent, other: Agent, **flags: Any) -> Agent:
+        """
+        Restart ``agent`` with ``flags`` once ``other`` has seen it fail; both
+        must see each other alive again, having dropped nothing of each other's.
+        """
+        ports = self.gossip_ports(agent)
+        me, them = agent.config.node_name, other.config.node_name
+        await agent.stopService()
+        await self.wait_for(lambda: self.equals(self.statuses(other), {me: 4, them: 1}))
+        agent = await self.restarted(agent, ports, **flags)
+        both = {me: 1, them: 1}
+        for a in (agent, other):
+            await self.wait_for(functools.partial(self.has_statuses, a, both))
+        self.assertEqual((self.dropped(agent), self.dropped(other)), (0, 0))
+        return agent
+
+    async def test_encryption_is_turned_on_by_rolling_restarts_and_then_required(self) -> None:
+        c1 = await self.agent("c1")
+        c2 = await self.agent("c2", start_join=[lan(c1)])
+        for agent in (c1, c2):
+            await self.wait_for(functools.partial(self.has_statuses, agent, {"c1": 1, "c2": 1}))
+        # 1: the key, accepting plaintext and sending it; the first from a config file
+        path = self.mktemp()
+        with open(path, "w") as f:
+            json.dump(
+                {
+                    "encrypt": KEY,
+                    "encrypt_verify_incoming": False,
+                    "encrypt_verify_outgoing": False,
+                },
+                f,
+            )
+        c1 = await self.roll(c1, c2, files=(path,))
+        self.assertEqual(
+            (
+                c1.config.encrypt,
+                c1.config.encrypt_verify_incoming,
+                c1.config.encrypt_verify_outgoing,
+            ),
+            (KEY, False, False),
+        )
+        off = {"encrypt_verify_incoming": False, "encrypt_verify_outgoing": False}
+        c2 = await self.roll(c2, c1, encrypt=KEY, **off)
+        # 2: sending encrypted, still accepting plaintext
+        c1 = await self.roll(c1, c2, encrypt=KEY, encrypt_verify_incoming=False)
+        c2 = await self.roll(c2, c1, encrypt=KEY, encrypt_verify_incoming=False)
+        # 3: plaintext refused: the defaults
+        c1 = await self.roll(c1, c2, encrypt=KEY)
+        c2 = await self.roll(c2, c1, encrypt=KEY)
+        plain = await self.agent("c3")
+        code, _ = await self.http(plain, "PUT", f"/v1/agent/join/{lan(c1)}")
+        self.assertEqual(code, 500)
+        self.assertEqual(await self.statuses(c1), {"c1": 1, "c2": 1})
+        self.assertEqual(await self.statuses(plain), {"c3": 1})
+        self.assertGreater(self.dropped(c1), 0)  # its push/pull, refused

@@ -19,7 +19,7 @@ from txconsul.gossip.keyring import Keyring, KeyringError, decode_key
 from txconsul.gossip.memberlist import GossipConfig, Packet
 from txconsul.gossip.messages import Ack, Ping, PushPull
 from txconsul.gossip.states import MemberState
-from txconsul.gossip.wire import MalformedPacket
+from txconsul.gossip.wire import Incomplete, MalformedPacket
 from txconsul.testing.polling import poll_until
 
 KEY = bytes(range(32))
@@ -105,6 +105,86 @@ class CodecTests(SynchronousTestCase):
             self.assertEqual(codec.decode_stream(data), (PushPull(True, ()), len(data)))
 
 
+class VerifyFlagTests(SynchronousTestCase):
+    """
+    memberlist's GossipVerifyIncoming / GossipVerifyOutgoing (Consul's
+    ``encrypt_verify_incoming`` / ``_outgoing``) in the four combinations.
+    """
+
+    #: a ping (type 0), an ack (2), a compound with a CRC header (12)
+    PACKETS = (
+        Packet(("127.0.0.1", 1), (Ping(1, "a"),)),
+        Packet(("127.0.0.1", 1), (Ack(7),)),
+        Packet(("127.0.0.1", 1), (Ping(2, "a"), Ack(3)), crc=True),
+    )
+    STREAMS = (PushPull(True, ()), Ping(4, "a"))
+
+    def codec(self, incoming: bool, outgoing: bool) -> Codec:
+        return Codec(Keyring([KEY]), verify_incoming=incoming, verify_outgoing=outgoing)
+
+    def test_outgoing_on_seals_packets_and_streams_whatever_incoming_is(self) -> None:
+        for incoming in (True, False):
+            codec = self.codec(incoming, outgoing=True)
+            for packet in self.PACKETS:
+                sealed = codec.encode_packet(packet)
+                self.assertRaises(MalformedPacket, Codec().decode_packet, sealed)
+                self.assertEqual(Codec(Keyring([KEY])).decode_packet(sealed), list(packet.messages))
+            for message in self.STREAMS:
+                sealed = codec.encode_stream(message)
+                self.assertEqual(sealed[0], 10)  # an encrypted stream frame
+                self.assertEqual(Codec(Keyring([KEY])).decode_stream(sealed)[0], message)
+
+    def test_outgoing_off_sends_plaintext_packets_and_streams(self) -> None:
+        for incoming in (True, False):
+            codec = self.codec(incoming, outgoing=False)
+            for packet in self.PACKETS:
+                self.assertEqual(codec.encode_packet(packet), Codec().encode_packet(packet))
+            for message in self.STREAMS:
+                self.assertEqual(codec.encode_stream(message), Codec().encode_stream(message))
+
+    def test_incoming_on_drops_plaintext(self) -> None:
+        for outgoing in (True, False):
+            codec = self.codec(True, outgoing)
+            for packet in self.PACKETS:
+                plain = Codec().encode_packet(packet)
+                self.assertRaises(MalformedPacket, codec.decode_packet, plain)
+            for message in self.STREAMS:
+                plain = Codec().encode_stream(message)
+                error = self.assertRaises(MalformedPacket, codec.decode_stream, plain)
+                self.assertEqual(str(error), "stream is not encrypted")
+
+    def test_incoming_off_reads_plaintext_and_encrypted(self) -> None:
+        sealing = Codec(Keyring([KEY]))
+        for outgoing in (True, False):
+            codec = self.codec(False, outgoing)
+            for packet in self.PACKETS:
+                for data in (Codec().encode_packet(packet), sealing.encode_packet(packet)):
+                    self.assertEqual(codec.decode_packet(data), list(packet.messages))
+            for message in self.STREAMS:
+                for data in (Codec().encode_stream(message), sealing.encode_stream(message)):
+                    self.assertEqual(codec.decode_stream(data), (message, len(data)))
+
+    def test_incoming_off_still_drops_what_is_neither(self) -> None:
+        """Another key's packets and streams are garbage, not plaintext."""
+        codec = self.codec(False, False)
+        foreign = Codec(Keyring([OTHER]))
+        packet = foreign.encode_packet(self.PACKETS[0])
+        error = self.assertRaises(MalformedPacket, codec.decode_packet, packet)
+        self.assertIn("no installed key could decrypt the message; nor is it plaintext", str(error))
+        stream = foreign.encode_stream(PushPull(True, ()))
+        self.assertRaises(MalformedPacket, codec.decode_stream, stream)
+        self.assertRaises(MalformedPacket, codec.decode_packet, b"\xff\x00garbage")
+
+    def test_a_stream_is_read_only_once_complete_either_way(self) -> None:
+        codec = self.codec(False, False)
+        for data in (
+            Codec().encode_stream(PushPull(True, ())),
+            Codec(Keyring([KEY])).encode_stream(Ping(4, "a")),
+        ):
+            for end in range(len(data)):
+                self.assertRaises(Incomplete, codec.decode_stream, data[:end])
+
+
 class LoopbackTests(TestCase):
     """Pools on real sockets, 127.0.0.1 and port 0, in this process."""
 
@@ -151,6 +231,62 @@ class LoopbackTests(TestCase):
             return all(p.core.nodes["enc-2"].state == MemberState.DEAD for p in pools[:2])
 
         await self.wait_for(declared_dead, limit=15)
+
+    async def test_a_dead_members_name_is_reclaimed_at_a_new_address_after_the_reclaim_time(
+        self,
+    ) -> None:
+        """
+        memberlist's DeadNodeReclaimTime over real sockets: a member killed
+        without leaving comes back under its name at another port. Until it
+        has been dead ``reclaim`` seconds the others keep the old address (a
+        name conflict: the newcomer's alive claims are ignored); after that
+        its next claim moves them. The time is shortened from Consul's 30 s
+        through the pools' ``GossipConfig``, no agent option.
+        """
+        reclaim = 4.0
+        config = attrs.evolve(FAST, dead_node_reclaim_time=reclaim)
+
+        def pool(name: str) -> GossipPool:
+            p = GossipPool(reactor, time.monotonic, name, config=config, rng=random.Random(name))
+            p.startService()
+            self.addCleanup(lambda: p.stopService() if p.running else None)
+            return p
+
+        a, b, old = pool("a"), pool("b"), pool("c")
+        new = pool("c")  # bound while the old one runs: certainly another port
+        old_address = old.address()
+        self.assertNotEqual(new.address(), old_address)
+        for p in (b, old):
+            await p.join([a.address()])
+        await self.wait_for(lambda: self.alive_everywhere([a, b, old]))
+        await old.stopService()  # killed: its sockets close, no leave is sent
+
+        def dead_everywhere() -> bool:
+            return all(p.core.nodes["c"].state == MemberState.DEAD for p in (a, b))
+
+        await self.wait_for(dead_everywhere, limit=15)
+        died = {p.node_name: p.core.nodes["c"].state_change for p in (a, b)}
+        self.assertEqual(await new.join([a.address()]), 1)
+        # the newcomer heard it is dead and refuted: its claim reached a and was refused
+        await self.wait_for(lambda: new.core.nodes["c"].incarnation > 0)
+        for p in (a, b):
+            known = p.core.nodes["c"]
+            self.assertLess(
+                time.monotonic() - died[p.node_name], reclaim, "too slow to see the refusal"
+            )
+            self.assertEqual((known.state, known.address), (MemberState.DEAD, old_address))
+        self.assertIn("a", new.core.nodes)
+
+        def reclaimed() -> bool:
+            return all(
+                p.core.nodes["c"].state == MemberState.ALIVE
+                and p.core.nodes["c"].address == new.address()
+                for p in (a, b)
+            )
+
+        await self.wait_for(reclaimed, limit=20)
+        for p in (a, b):
+            self.assertGreater(p.core.nodes["c"].state_change - died[p.node_name], reclaim)
 
     async def test_compressing_and_plain_pools_read_each_other(self) -> None:
         plain = self.start_pool("plain")

@@ -14,12 +14,15 @@ from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from txconsul.gossip.adapter import Codec, GossipNode, GossipProtocol
+from txconsul.gossip.keyring import Keyring
 from txconsul.gossip.memberlist import GossipConfig, Memberlist, Packet
 from txconsul.gossip.messages import DEFAULT_VSN, Ack, Alive, Ping, ip_bytes
 from txconsul.gossip.states import MemberState
+from txconsul.gossip.wire import MalformedPacket
 
 ME = ("10.0.0.1", 8301)
 PEER = ("10.0.0.2", 8301)
+KEY = bytes(range(32))
 
 
 class FakeDatagramTransport:
@@ -155,3 +158,57 @@ class GossipNodeTests(SynchronousTestCase):
         [call] = self.reactor.getDelayedCalls()
         expected = self.node.core.next_deadline() - self.monotonic()
         self.assertAlmostEqual(call.getTime() - self.reactor.seconds(), expected, places=4)
+
+
+class VerifyIncomingTests(SynchronousTestCase):
+    """A node with a keyring and a plaintext ping from a member not yet encrypting."""
+
+    def node(self, incoming: bool, outgoing: bool) -> tuple[GossipNode, FakeDatagramTransport]:
+        reactor = MemoryReactorClock()
+        monotonic = Monotonic(5_000.0)
+        codec = Codec(
+            Keyring([KEY]), compress=False, verify_incoming=incoming, verify_outgoing=outgoing
+        )
+        core = Memberlist("me", ME, GossipConfig.lan(), random.Random(3), monotonic())
+        node = GossipNode(core, codec, reactor, monotonic, "127.0.0.1")
+        proto = GossipProtocol()
+        proto.node = node
+        node.udp = proto
+        transport = FakeDatagramTransport()
+        proto.makeConnection(transport)  # type: ignore[arg-type]
+
+        def stop() -> None:
+            core.stop()
+            node.disarm()
+
+        self.addCleanup(stop)
+        return node, transport
+
+    def ping(self) -> bytes:
+        ping = Ping(9, "me", ip_bytes(PEER[0]), PEER[1], "peer")
+        return Codec(compress=False).encode_packet(Packet(ME, (ping,)))
+
+    def test_verify_incoming_drops_plaintext_logged_at_debug_and_counted(self) -> None:
+        for outgoing in (True, False):
+            node, transport = self.node(incoming=True, outgoing=outgoing)
+            with capturedLogs() as events:
+                assert node.udp is not None
+                node.udp.datagramReceived(self.ping(), PEER)
+            self.assertEqual(node.dropped, 1)
+            [event] = [e for e in events if e.get("addr") == PEER]
+            self.assertEqual(event["log_level"], LogLevel.debug)
+            self.assertEqual(transport.written, [])
+
+    def test_without_verify_incoming_plaintext_is_answered(self) -> None:
+        """The ack goes out sealed or in plaintext as verify_outgoing says."""
+        for outgoing in (True, False):
+            node, transport = self.node(incoming=False, outgoing=outgoing)
+            assert node.udp is not None
+            node.udp.datagramReceived(self.ping(), PEER)
+            self.assertEqual(node.dropped, 0)
+            [(data, addr)] = transport.written
+            self.assertEqual(addr, PEER)
+            reader = Codec(Keyring([KEY])) if outgoing else Codec()
+            self.assertEqual(reader.decode_packet(data), [Ack(9)])
+            if outgoing:
+                self.assertRaises(MalformedPacket, Codec().decode_packet, data)

@@ -173,6 +173,38 @@ class SerfAndAgentTests(SerfHarness):
         self.assertEqual([m["Name"] for m in agent.membership.members()], ["tx-agent"])
 
 
+class SerfPlaintextTests(SerfHarness):
+    """
+    A plaintext serf agent and a txconsul agent with a key: the first step of
+    turning encryption on in a running pool, and the last.
+    """
+
+    async def test_plain_serf_joins_a_keyed_agent_that_verifies_neither_way(self) -> None:
+        await self.start_serf()
+        agent = await start_agent(
+            self,
+            reactor,
+            node_name="tx-agent",
+            encrypt=KEY,
+            encrypt_verify_incoming=False,
+            encrypt_verify_outgoing=False,
+        )
+        await self.serf_join(f"127.0.0.1:{self.lan_port(agent)}")
+        await self.assert_both_alive(agent)
+
+    async def test_plain_serf_cannot_join_an_agent_that_verifies_incoming(self) -> None:
+        await self.start_serf()
+        agent = await start_agent(
+            self, reactor, node_name="tx-agent", encrypt=KEY, encrypt_verify_outgoing=False
+        )
+        await self.assertFailure(
+            ensureDeferred(self.serf_join(f"127.0.0.1:{self.lan_port(agent)}")), RuntimeError
+        )
+        self.assertEqual([m["Name"] for m in agent.membership.members()], ["tx-agent"])
+        assert agent.membership.lan is not None and agent.membership.lan.gossip.node is not None
+        self.assertGreater(agent.membership.lan.gossip.node.dropped, 0)
+
+
 class SerfKeyringTests(SerfHarness):
     """Key rotation across a pool of a txconsul agent and a serf agent with a keyring file."""
 

@@ -346,6 +346,20 @@ class WANAddressTests(PyConsulTestCase):
         self.assertEqual(debug["TaggedAddresses"]["wan_ipv4"], "198.51.100.7")
 
 
+class EncryptVerifyTests(PyConsulTestCase):
+    """The gossip verify flags show in ``DebugConfig`` under Consul's names."""
+
+    flags = {"encrypt": "pUDWwCKA0AR5ksQe6JQfDg==", "encrypt_verify_incoming": False}
+
+    @defer.inlineCallbacks
+    def test_agent_self_reports_the_verify_flags(self) -> Any:
+        me = yield self.call(self.client.agent.self)
+        debug = me["DebugConfig"]
+        self.assertEqual(
+            (debug["EncryptVerifyIncoming"], debug["EncryptVerifyOutgoing"]), (False, True)
+        )
+
+
 class AgentTests(PyConsulTestCase):
     @defer.inlineCallbacks
     def test_self_has_the_keys_clients_rely_on(self) -> Any:
