@@ -14,6 +14,8 @@ cannot be reached gives an entry with the reason as its error.
 
 from __future__ import annotations
 
+import json
+import re
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
@@ -28,6 +30,10 @@ if TYPE_CHECKING:
     from txconsul.agent.membership import SerfPool
 
 OPERATIONS = ("list", "install", "use", "remove")
+
+#: Consul's bound on ``relay-factor`` (``ParseRelayFactor``)
+MAX_RELAY_FACTOR = 5
+_INTEGER = re.compile(r"[+-]?[0-9]{1,19}")
 
 #: what a server answers for each pool, and what the HTTP API shows (less ``Error``)
 Entry = dict[str, Any]
@@ -71,11 +77,29 @@ def ordered(entries: list[Entry]) -> list[Entry]:
     return sorted(entries, key=lambda e: not e["WAN"])
 
 
-def operate(agent: Agent, op: str, key: bytes | None = None) -> Deferred[list[Entry]]:
+def parse_relay_factor(text: str | None) -> int:
+    """``?relay-factor`` as Consul reads it: an integer from 0 to 5, 0 when absent."""
+    if text is None or text == "":
+        return 0
+    if not _INTEGER.fullmatch(text):
+        raise BadRequest(
+            f"Error parsing relay factor: strconv.Atoi: parsing {json.dumps(text)}: invalid syntax"
+        )
+    n = int(text)
+    if not 0 <= n <= MAX_RELAY_FACTOR:
+        raise BadRequest(
+            f"Invalid relay factor: Relay factor must be in range: [0, {MAX_RELAY_FACTOR}]"
+        )
+    return n
+
+
+def operate(
+    agent: Agent, op: str, key: bytes | None = None, relay_factor: int = 0
+) -> Deferred[list[Entry]]:
     """Run ``op`` on every pool of every datacenter, through a server."""
     if agent.config.server:
-        return ensureDeferred(run(agent, op, key, forwarded=False))
-    body = {"Operation": op, "Key": encode_key(key) if key else "", "Forwarded": False}
+        return ensureDeferred(run(agent, op, key, forwarded=False, relay_factor=relay_factor))
+    body = _request(op, key, False, relay_factor)
     d: Deferred[Any] = agent.remote.call("Internal.KeyringOperation", body, idempotent=op == "list")
     return d.addCallback(entries_from_wire)
 
@@ -85,20 +109,41 @@ def handle_rpc(agent: Agent, body: Any) -> Deferred[list[Entry]]:
     if not isinstance(body, dict):
         raise BadRequest("Internal.KeyringOperation takes a map")
     op, text, forwarded = body.get("Operation"), body.get("Key", ""), body.get("Forwarded")
+    relay_factor = body.get("RelayFactor", 0)
     if op not in OPERATIONS:
         raise BadRequest(f"unknown keyring operation {op!r}")
     if not isinstance(text, str) or not isinstance(forwarded, bool):
         raise BadRequest("Internal.KeyringOperation: Key must be a string and Forwarded a bool")
+    if (
+        not isinstance(relay_factor, int)
+        or isinstance(relay_factor, bool)
+        or not 0 <= relay_factor <= MAX_RELAY_FACTOR
+    ):
+        raise BadRequest(
+            f"Internal.KeyringOperation: RelayFactor must be in range: [0, {MAX_RELAY_FACTOR}]"
+        )
     key = None
     if op != "list":
         try:
             key = decode_key(text)
         except KeyringError as e:
             raise BadRequest(f"Invalid key: {e}") from None
-    return ensureDeferred(run(agent, op, key, forwarded))
+    return ensureDeferred(run(agent, op, key, forwarded, relay_factor))
 
 
-async def run(agent: Agent, op: str, key: bytes | None, forwarded: bool) -> list[Entry]:
+def _request(op: str, key: bytes | None, forwarded: bool, relay_factor: int) -> dict[str, Any]:
+    """Consul's ``KeyringRequest`` as ``Internal.KeyringOperation`` takes it."""
+    return {
+        "Operation": op,
+        "Key": encode_key(key) if key else "",
+        "Forwarded": forwarded,
+        "RelayFactor": relay_factor,
+    }
+
+
+async def run(
+    agent: Agent, op: str, key: bytes | None, forwarded: bool, relay_factor: int = 0
+) -> list[Entry]:
     """
     On a server: ``op`` on this server's pools (the LAN pool only when
     ``forwarded``), and on the LAN pools of the other datacenters.
@@ -107,12 +152,13 @@ async def run(agent: Agent, op: str, key: bytes | None, forwarded: bool) -> list
     dc = agent.config.datacenter
     lan_only = forwarded or membership.wan is None
     answers: list[tuple[SerfPool, KeyResponse]] = await membership.keyring_operation(
-        op, key, lan_only=lan_only
+        op, key, lan_only=lan_only, relay_factor=relay_factor
     )
     out = ordered([entry(dc, pool.wan, answer) for pool, answer in answers])
     if not lan_only:
         others = other_datacenters(agent)
-        for found in await gatherResults([_forward(agent, o, op, key) for o in others]):
+        forwards = [_forward(agent, o, op, key, relay_factor) for o in others]
+        for found in await gatherResults(forwards):
             out += found  # each datacenter's LAN pool, by name
     return out
 
@@ -131,8 +177,10 @@ def other_datacenters(agent: Agent) -> list[str]:
     return sorted(d for d in found if d and d != ours)
 
 
-def _forward(agent: Agent, dc: str, op: str, key: bytes | None) -> Deferred[list[Entry]]:
-    body = {"Operation": op, "Key": encode_key(key) if key else "", "Forwarded": True}
+def _forward(
+    agent: Agent, dc: str, op: str, key: bytes | None, relay_factor: int
+) -> Deferred[list[Entry]]:
+    body = _request(op, key, True, relay_factor)
     d: Deferred[Any] = agent.remote.call(
         "Internal.KeyringOperation", body, dc=dc, idempotent=op == "list"
     )

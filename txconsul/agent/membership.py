@@ -25,13 +25,12 @@ from twisted.logger import Logger
 from txconsul import CONSUL_VERSION
 from txconsul.config import DEFAULT_PORTS
 from txconsul.errors import BadRequest, TxConsulError
-from txconsul.gossip import snapshot, wire
+from txconsul.gossip import snapshot
 from txconsul.gossip.adapter import GossipPool, Monotonic
 from txconsul.gossip.keyring import Keyring, decode_key, read_keyring_file, write_keyring_file
 from txconsul.gossip.memberlist import Address, GossipConfig, Node
 from txconsul.gossip.messages import DEFAULT_VSN
 from txconsul.gossip.serf import (
-    LEAVE,
     KeyResponse,
     Member,
     MemberEvent,
@@ -105,20 +104,16 @@ class ConsulSerf(Serf):
         super().notify_update(now, node)
         self.changed()
 
-    def force_leave(self, node: str, prune: bool) -> None:
-        """
-        Broadcast a leave intent for another member (serf's RemoveFailedNode):
-        a failed member becomes left; ``prune`` also forgets it here at once.
-        """
+    def tick(self, now: float) -> list[tuple[str, int]]:
+        targets = super().tick(now)
+        self.changed()  # reaps and prunes
+        return targets
+
+    def force_leave(self, now: float, node: str, prune: bool = False) -> None:
+        """serf's force-leave of a member we know; ``TxConsulError`` for a stranger."""
         if node not in self.members:
             raise TxConsulError(f"agent: No node found with name {node!r}")
-        ltime = self.clock.time()
-        self.clock.increment()
-        self._apply_intent(LEAVE, node, ltime)
-        self._broadcast(bytes([LEAVE]) + wire.pack({"LTime": ltime, "Node": node, "Prune": prune}))
-        if prune and node != self.name:
-            del self.members[node]
-            self.events.append(MemberEvent("member-reap", node))
+        super().force_leave(now, node, prune)
         self.changed()
 
 
@@ -543,7 +538,7 @@ class Membership(Service):
 
     def force_leave(self, node: str, prune: bool = False, wan: bool = False) -> None:
         pool = self.pool(wan)
-        pool.serf.force_leave(node, prune)
+        pool.serf.force_leave(self._monotonic(), node, prune)
         pool.gossip.flush()
 
     def leave(self) -> Deferred[None]:
@@ -595,24 +590,27 @@ class Membership(Service):
         return pools
 
     def keyring_operation(
-        self, op: str, key: bytes | None = None, lan_only: bool = False
+        self, op: str, key: bytes | None = None, lan_only: bool = False, relay_factor: int = 0
     ) -> Deferred[list[tuple[SerfPool, KeyResponse]]]:
         """
         ``install``, ``use`` or ``remove`` ``key`` on every member of each
         encrypted pool (the LAN pool alone with ``lan_only``), or ``list``
         their keys, through serf's internal key queries; fires with each
         pool's summed-up answers once every member answered or the query
-        timed out. ``txconsul.agent.keyring`` runs it on the servers.
+        timed out; with ``relay_factor`` every member also sends its answer
+        through that many others. ``txconsul.agent.keyring`` runs it on the servers.
         """
         pools = self.keyrings(lan_only)
-        queries = [self._key_query(pool, op, key) for pool in pools]
+        queries = [self._key_query(pool, op, key, relay_factor) for pool in pools]
         return gatherResults(queries).addCallback(
             lambda answers: list(zip(pools, answers, strict=True))
         )
 
-    def _key_query(self, pool: SerfPool, op: str, key: bytes | None) -> Deferred[KeyResponse]:
+    def _key_query(
+        self, pool: SerfPool, op: str, key: bytes | None, relay_factor: int
+    ) -> Deferred[KeyResponse]:
         done: Deferred[KeyResponse] = Deferred()
-        handle = pool.serf.key_query(self._monotonic(), op, key)
+        handle = pool.serf.key_query(self._monotonic(), op, key, relay_factor)
         num_nodes = pool.gossip.core.num_members()
 
         def watch(h: QueryHandle) -> None:

@@ -59,10 +59,10 @@ class ForceLeave(HTTPCommand):
     synopsis = "txconsul force-leave [options] NODE"
     longdesc = (
         "Mark a failed member as left, so the pool stops trying to reach it and the "
-        "catalog drops its node; -prune also forgets it at once."
+        "catalog drops its node; -prune also erases it from every member's list at once."
     )
     optFlags = [
-        ["prune", None, "Remove the member from the list at once instead of keeping it as left."],
+        ["prune", None, "Erase the member from every member list instead of keeping it as left."],
         ["wan", None, "Act on the WAN pool (the node name is then NODE.DC)."],
     ]
     error_prefix = "Error force leaving"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 from typing import Any
 
 from twisted.python import usage
@@ -33,6 +34,10 @@ class Keygen(Command):
         return 0
 
 
+#: Consul's bound on ``-relay-factor`` (the agent checks it again)
+MAX_RELAY_FACTOR = 5
+
+
 class Keyring(HTTPCommand):
     synopsis = "txconsul keyring [options] -list | -install KEY | -use KEY | -remove KEY"
     longdesc = (
@@ -47,6 +52,12 @@ class Keyring(HTTPCommand):
         ["install", None, None, "Install a new key (base64)."],
         ["use", None, None, "Make an installed key the primary one."],
         ["remove", None, None, "Remove a key that is not the primary one."],
+        [
+            "relay-factor",
+            None,
+            "0",
+            "Each member also sends its answer through this many (0 to 5) random other members.",
+        ],
     ]
     error_prefix = "Error"
 
@@ -63,11 +74,21 @@ class Keyring(HTTPCommand):
         self.action = chosen[0]
         if self["local-only"] and self.action != "list":
             raise usage.UsageError("-local-only can only be used with -list")
+        text = self["relay-factor"]
+        if not re.fullmatch(r"[0-9]{1,3}", text):
+            raise usage.UsageError(f"Error parsing relay factor: {text!r} is not a number")
+        self.relay_factor = int(text)
+        if self.relay_factor > MAX_RELAY_FACTOR:
+            raise usage.UsageError(
+                f"Error parsing relay factor: Relay factor must be in range: [0, {MAX_RELAY_FACTOR}]"
+            )
+        self.params = [("relay-factor", str(self.relay_factor))] if self.relay_factor else []
 
     async def call(self, ctx: Context, client: AgentClient) -> int:
         if self.action == "list":
             ctx.out("==> Gathering installed encryption keys...")
             params = [("local-only", "true")] if self["local-only"] else []
+            params += self.params
             pools: list[dict[str, Any]] = await client.get_json("/v1/operator/keyring", params)
             for pool in pools:
                 ctx.out("")
@@ -86,5 +107,5 @@ class Keyring(HTTPCommand):
         method, what = verbs[self.action]
         ctx.out(f"==> {what}")
         body = json.dumps({"Key": self[self.action]}).encode()
-        await client.request(method, "/v1/operator/keyring", body=body)
+        await client.request(method, "/v1/operator/keyring", self.params, body=body)
         return 0

@@ -22,12 +22,12 @@ from txconsul.gossip import wire
 from txconsul.gossip.broadcast import BroadcastQueue
 from txconsul.gossip.keyring import Keyring, KeyringError, encode_key
 from txconsul.gossip.memberlist import Memberlist, Node
-from txconsul.gossip.messages import Alive, PushNodeState, ip_text
+from txconsul.gossip.messages import Alive, PushNodeState, ip_bytes, ip_text
 from txconsul.gossip.states import MemberState
 from txconsul.gossip.wire import MalformedPacket
 
 LEAVE, JOIN, PUSH_PULL, USER_EVENT, QUERY, QUERY_RESPONSE = 0, 1, 2, 3, 4, 5
-KEY_REQUEST, KEY_RESPONSE = 7, 8
+KEY_REQUEST, KEY_RESPONSE, RELAY = 7, 8, 9
 TAG_MAGIC = 0xFF
 EVENT_BUFFER = 512
 QUERY_BUFFER = 512
@@ -36,6 +36,8 @@ QUERY_SIZE_LIMIT = 1024
 QUERY_RESPONSE_SIZE_LIMIT = 1024
 QUERY_FLAG_ACK = 1
 QUERY_FLAG_NO_BROADCAST = 2
+#: serf's RelayFactor is a u8; Consul's API allows 0 to 5
+MAX_RELAY_FACTOR = 255
 FILTER_NODE, FILTER_TAG = 0, 1
 INTERNAL_QUERY_PREFIX = "_serf_"
 #: keyring operations and the internal queries that carry them (spec 9.7)
@@ -64,6 +66,10 @@ class SerfConfig:
     reconnect_timeout: float = 24 * 3600.0
     tombstone_timeout: float = 24 * 3600.0
     query_timeout_mult: int = 16
+    #: how long a leave waits for its broadcast, and then for it to spread; a
+    #: pruned member that is still leaving is erased after both
+    broadcast_timeout: float = 5.0
+    leave_propagate_delay: float = 1.0
     #: how often changed Lamport clocks are written to the snapshot
     clock_save_interval: float = 0.5
 
@@ -166,6 +172,8 @@ class Query:
     source: str
     address: tuple[str, int]
     deadline: float
+    #: how many other members also relay each answer to the source
+    relay_factor: int = 0
 
 
 @attrs.define
@@ -177,6 +185,8 @@ class QueryHandle:
     deadline: float
     acks: set[str] = attrs.field(factory=set)
     responses: dict[str, bytes] = attrs.field(factory=dict)
+    #: acks and responses that came again (relayed copies): counted once, then ignored
+    duplicates: int = 0
     #: set once the deadline has passed (``Serf.tick``) or the member stopped
     closed: bool = False
     #: called after each ack or response and once when the query closes
@@ -343,6 +353,11 @@ class Serf:
         self.broadcasts: BroadcastQueue[bytes] = BroadcastQueue(retransmit_mult)
         self._seen_events: dict[int, set[tuple[str, bytes]]] = {}
         self._intents: dict[str, tuple[int, int]] = {}  # name -> (kind, ltime)
+        #: leaving members a pruning leave intent erases at the given time
+        self._prunes: dict[str, float] = {}
+        #: query answers we sent through relays, and relayed answers we passed on
+        self.relays_sent = 0
+        self.relays_forwarded = 0
         self.memberlist: Memberlist | None = None
 
     def attach(self, memberlist: Memberlist) -> None:
@@ -377,6 +392,17 @@ class Serf:
             self._save_clocks()
             self.snapshot.leave()
 
+    def force_leave(self, now: float, node: str, prune: bool = False) -> None:
+        """
+        Broadcast a leave intent for another member (serf's RemoveFailedNode):
+        everybody turns it left if it failed; ``prune`` also erases it from
+        every member list, as a reap would.
+        """
+        ltime = self.clock.time()
+        self.clock.increment()
+        self._apply_intent(LEAVE, node, ltime, prune, now)
+        self._broadcast(_msg(LEAVE, {"LTime": ltime, "Node": node, "Prune": prune}))
+
     def user_event(self, name: str, payload: bytes, coalesce: bool = True) -> None:
         if len(name) + len(payload) > USER_EVENT_SIZE_LIMIT:
             raise ValueError("user event exceeds the size limit")
@@ -397,6 +423,7 @@ class Serf:
         """When ``tick`` should next run (the adapter arms one timer for both cores)."""
         times = [self._next_reap, self._next_reconnect, self._next_clock_save]
         times += [h.deadline for h in self._queries.values()]
+        times += self._prunes.values()
         return min((t for t in times if t is not None), default=0.0)
 
     def tick(self, now: float) -> list[tuple[str, int]]:
@@ -408,6 +435,12 @@ class Serf:
         if now >= self._next_reap:
             self._next_reap = now + cfg.reap_interval
             self.reap(now)
+        for name, when in list(self._prunes.items()):
+            if now >= when:
+                del self._prunes[name]
+                member = self.members.get(name)
+                if member is not None and member.status != MemberStatus.ALIVE:
+                    self._erase(member.name)
         targets = []
         if now >= self._next_reconnect:
             self._next_reconnect = now + cfg.reconnect_interval
@@ -443,8 +476,13 @@ class Serf:
             else:
                 continue
             if member.name != self.name and now - member.leave_time > limit:
-                del self.members[member.name]
-                self.events.append(MemberEvent("member-reap", member.name))
+                self._erase(member.name)
+
+    def _erase(self, name: str) -> None:
+        """Forget a member entirely (serf's eraseNode); memberlist keeps its own record."""
+        del self.members[name]
+        self._prunes.pop(name, None)
+        self.events.append(MemberEvent("member-reap", name))
 
     def reconnect_target(self) -> tuple[str, int] | None:
         """With probability failed/alive, a random failed member to try to join again."""
@@ -481,12 +519,19 @@ class Serf:
         ack: bool = True,
         nodes: list[str] | None = None,
         tags: Mapping[str, str] | None = None,
+        relay_factor: int = 0,
     ) -> QueryHandle:
         """
         Send a query to the pool (``nodes`` and ``tags``, a regex per tag, filter
         who answers); acks and responses collect in the handle until it closes.
+
+        :param relay_factor: each responder also sends its ack and response
+            through this many other random members, so that an answer gets
+            through a lossy path to us; duplicates count once.
         """
         assert self.memberlist is not None, "attach() first"
+        if not 0 <= relay_factor <= MAX_RELAY_FACTOR:
+            raise ValueError(f"relay factor must be in range: [0, {MAX_RELAY_FACTOR}]")
         if timeout is None:
             timeout = self.default_query_timeout()
         filters: list[bytes] = []
@@ -506,7 +551,7 @@ class Serf:
             "Name": name,
             "Payload": payload,
             "Port": me.port,
-            "RelayFactor": 0,
+            "RelayFactor": relay_factor,
             "SourceNode": self.name,
             "Timeout": int(timeout * 1e9),
         }
@@ -518,13 +563,15 @@ class Serf:
         self.notify_msg(now, message)  # we are a member too: witness, maybe answer
         return handle
 
-    def key_query(self, now: float, op: str, key: bytes | None = None) -> QueryHandle:
+    def key_query(
+        self, now: float, op: str, key: bytes | None = None, relay_factor: int = 0
+    ) -> QueryHandle:
         """
         Ask every member to ``install``, ``use`` or ``remove`` ``key``, or to
         ``list`` its keys (serf's KeyManager); sum up the handle with ``key_response``.
         """
         payload = bytes([KEY_REQUEST]) + wire.pack({"Key": key or b""})
-        return self.query(now, KEY_QUERIES[op], payload, ack=False)
+        return self.query(now, KEY_QUERIES[op], payload, ack=False, relay_factor=relay_factor)
 
     def default_query_timeout(self) -> float:
         assert self.memberlist is not None
@@ -544,6 +591,7 @@ class Serf:
             raise ValueError("response exceeds the size limit")
         self._answered.add(key)
         self._send_direct(now, query.address, message)
+        self._relay(now, query.relay_factor, query.address, query.source, message)
 
     def _response(self, ltime: int, qid: int, flags: int, payload: bytes | None) -> bytes:
         body = {"Flags": flags, "From": self.name, "ID": qid, "LTime": ltime, "Payload": payload}
@@ -554,6 +602,48 @@ class Serf:
             self.notify_msg(now, message)
         elif self.memberlist is not None:
             self.memberlist.queue_user(to, message)
+
+    def _relay(
+        self, now: float, factor: int, to: tuple[str, int], name: str, message: bytes
+    ) -> None:
+        """
+        Also send a query response through ``factor`` random alive members
+        (serf's relayResponse): only in a pool of more than ``factor`` members,
+        only through members that speak memberlist protocol 5, never through us.
+        """
+        if factor == 0 or len(self.members) < factor + 1 or self.memberlist is None:
+            return
+        header = {"DestAddr": {"IP": ip_bytes(to[0]), "Port": to[1], "Zone": ""}, "DestName": name}
+        wrapped = bytes([RELAY]) + wire.pack(header) + message
+        if len(wrapped) > QUERY_RESPONSE_SIZE_LIMIT:
+            return  # serf gives up on the relay too; the direct answer went out
+        nodes = self.memberlist.nodes
+        relays = sorted(
+            m.name
+            for m in self.members.values()
+            if m.status == MemberStatus.ALIVE
+            and m.name != self.name
+            and m.name in nodes
+            and nodes[m.name].pmax >= 5
+        )
+        for relay in self.rng.sample(relays, min(factor, len(relays))):
+            self.relays_sent += 1
+            self._send_direct(now, self.members[relay].address, wrapped)
+
+    def _on_relay(self, now: float, payload: bytes) -> None:
+        """Forward a relayed query response to the member it is for."""
+        header, end = wire.unpack_one(payload, 1)
+        dest = header.get(b"DestAddr") if isinstance(header, dict) else None
+        if not isinstance(dest, dict):
+            raise MalformedPacket("relay without DestAddr")
+        ip, port = dest.get(b"IP"), dest.get(b"Port")
+        if not isinstance(ip, bytes) or not isinstance(port, int) or not 0 < port < 65536:
+            raise MalformedPacket("relay with a bad DestAddr")
+        inner = payload[end:]
+        if inner[:1] != bytes([QUERY_RESPONSE]):
+            raise MalformedPacket("serf relays query responses only")
+        self.relays_forwarded += 1
+        self._send_direct(now, (ip_text(ip), port), inner)
 
     def _on_query(self, now: float, payload: bytes) -> None:
         body = self._body(payload[1:])
@@ -582,26 +672,31 @@ class Serf:
             raise MalformedPacket("query without a return address")
         address = (ip_text(addr), port)
         name = _text(body, b"Name")
-        if flags & QUERY_FLAG_ACK:
-            self._send_direct(now, address, self._response(ltime, qid, QUERY_FLAG_ACK, None))
+        source = _text(body, b"SourceNode")
+        relay_factor = _u64(body, b"RelayFactor")
+        if relay_factor > MAX_RELAY_FACTOR:
+            raise MalformedPacket("RelayFactor is not a u8")
         data = body.get(b"Payload") or b""
         if not isinstance(data, bytes):
             raise MalformedPacket("Payload is not bytes")
-        if name.startswith(INTERNAL_QUERY_PREFIX):
-            self._internal_query(now, name, data, ltime, qid, address)
-            return
+        if flags & QUERY_FLAG_ACK:
+            ack = self._response(ltime, qid, QUERY_FLAG_ACK, None)
+            self._send_direct(now, address, ack)
+            self._relay(now, relay_factor, address, source, ack)
         timeout = _u64(body, b"Timeout") / 1e9
-        source = _text(body, b"SourceNode")
-        self.queries.append(Query(ltime, qid, name, data, source, address, now + timeout))
+        query = Query(ltime, qid, name, data, source, address, now + timeout, relay_factor)
+        if name.startswith(INTERNAL_QUERY_PREFIX):
+            self._internal_query(now, query)
+            return
+        self.queries.append(query)
 
-    def _internal_query(
-        self, now: float, name: str, data: bytes, ltime: int, qid: int, address: tuple[str, int]
-    ) -> None:
+    def _internal_query(self, now: float, query: Query) -> None:
         """Answer serf's own queries: the key queries; ``_serf_ping`` needs only the ack."""
-        op = next((op for op, query in KEY_QUERIES.items() if query == name), None)
+        op = next((op for op, name in KEY_QUERIES.items() if name == query.name), None)
         if op is None:
             return
-        result, message = self._key_operation(op, data)
+        ltime, qid = query.ltime, query.id
+        result, message = self._key_operation(op, query.payload)
         keys: list[str] | None = None
         primary = ""
         if op == "list" and self.keyring is not None:
@@ -619,7 +714,8 @@ class Serf:
                 break
             shown = len(keys) - 1
         self._answered.add((ltime, qid))
-        self._send_direct(now, address, response)
+        self._send_direct(now, query.address, response)
+        self._relay(now, query.relay_factor, query.address, query.source, response)
 
     def _key_operation(self, op: str, data: bytes) -> tuple[bool, str]:
         """Change (or read) our keyring as a key query asks; :return: result and message."""
@@ -682,16 +778,20 @@ class Serf:
             return
         sender = _text(body, b"From")
         if _u64(body, b"Flags") & QUERY_FLAG_ACK:
-            if sender not in handle.acks:
-                handle.acks.add(sender)
-                handle._changed()
+            if sender in handle.acks:
+                handle.duplicates += 1
+                return
+            handle.acks.add(sender)
+            handle._changed()
             return
         data = body.get(b"Payload") or b""
         if not isinstance(data, bytes):
             raise MalformedPacket("Payload is not bytes")
-        if sender not in handle.responses:
-            handle.responses[sender] = data
-            handle._changed()
+        if sender in handle.responses:
+            handle.duplicates += 1
+            return
+        handle.responses[sender] = data
+        handle._changed()
 
     def drain_queries(self) -> list[Query]:
         queries, self.queries = self.queries, []
@@ -725,11 +825,13 @@ class Serf:
             if payload[0] == USER_EVENT:
                 self._on_user_event(payload[1:], rebroadcast=True)
             elif payload[0] in (JOIN, LEAVE):
-                self._on_intent(payload)
+                self._on_intent(now, payload)
             elif payload[0] == QUERY:
                 self._on_query(now, payload)
             elif payload[0] == QUERY_RESPONSE:
                 self._on_query_response(now, payload)
+            elif payload[0] == RELAY:
+                self._on_relay(now, payload)
         except MalformedPacket:
             return
 
@@ -739,16 +841,24 @@ class Serf:
             raise MalformedPacket("serf message is not a map")
         return body
 
-    def _on_intent(self, payload: bytes) -> None:
+    def _on_intent(self, now: float, payload: bytes) -> None:
         kind = payload[0]
         body = self._body(payload[1:])
         ltime = _u64(body, b"LTime")
         node = _text(body, b"Node")
+        prune = kind == LEAVE and body.get(b"Prune") is True
         self.clock.witness(ltime)
-        if self._apply_intent(kind, node, ltime):
+        if self._apply_intent(kind, node, ltime, prune, now):
             self._broadcast(payload)
 
-    def _apply_intent(self, kind: int, node: str, ltime: int) -> bool:
+    def _apply_intent(
+        self, kind: int, node: str, ltime: int, prune: bool = False, now: float = 0.0
+    ) -> bool:
+        """
+        serf's handling of a join or leave intent newer than the member's; a
+        pruning leave then erases the member (a leaving one after the time its
+        own leave takes to spread). :return: whether to gossip it on.
+        """
         member = self.members.get(node)
         if member is None:
             known = self._intents.get(node)
@@ -771,6 +881,13 @@ class Serf:
         elif member.status == MemberStatus.FAILED:
             member.status = MemberStatus.LEFT
             self.events.append(MemberEvent("member-leave", node))
+        if prune and node != self.name:
+            if member.status == MemberStatus.LEAVING:
+                cfg = self.config
+                delay = cfg.broadcast_timeout + cfg.leave_propagate_delay
+                self._prunes.setdefault(node, now + delay)
+            else:
+                self._erase(node)
         return True
 
     def _on_user_event(self, data: bytes, rebroadcast: bool) -> None:

@@ -83,7 +83,11 @@ def install(app: Klein, api: HTTPApi) -> None:
         except BadRequest:
             raise BadRequest(f"Error parsing local-only: invalid syntax {value!r}") from None
 
+    def relay_factor(request: IRequest) -> int:
+        return keyring.parse_relay_factor(arg(request, b"relay-factor"))
+
     def change(request: IRequest, op: str) -> Deferred[bytes]:
+        factor = relay_factor(request)
         if local_only(request):
             raise BadRequest(
                 "Invalid use of local-only: local-only can only be set for GET requests"
@@ -94,10 +98,11 @@ def install(app: Klein, api: HTTPApi) -> None:
             keyring.failures(entries)
             return b""
 
-        return keyring.operate(agent, op, key).addCallback(done)
+        return keyring.operate(agent, op, key, factor).addCallback(done)
 
     @route("/v1/operator/keyring", methods=["GET"])
     def list_keys(request: IRequest) -> bytes | Deferred[bytes]:
+        factor = relay_factor(request)
         if local_only(request):
             return api.json(request, keyring.public(keyring.local_entries(agent)))
 
@@ -105,7 +110,7 @@ def install(app: Klein, api: HTTPApi) -> None:
             keyring.failures(entries)
             return api.json(request, keyring.public(entries))
 
-        return keyring.operate(agent, "list").addCallback(done)
+        return keyring.operate(agent, "list", relay_factor=factor).addCallback(done)
 
     @route("/v1/operator/keyring", methods=["POST"])
     def install_key(request: IRequest) -> Deferred[bytes]:

@@ -250,6 +250,21 @@ class StatusTests(GossipAgentTestCase):
         self.assertEqual(code, 200)
         self.assertNotIn("c1", await self.members(s1))
 
+    async def test_force_leave_prune_erases_the_member_on_the_other_agents(self) -> None:
+        s1, c1 = await self.joined_pair()
+        c2 = await self.agent("c2", start_join=[lan(s1)])
+        everyone = {"s1": 1, "c1": 1, "c2": 1}
+        for agent in (s1, c2):
+            await self.wait_for(functools.partial(self.has_statuses, agent, everyone))
+        await c1.stopService()
+        failed = {**everyone, "c1": 4}
+        for agent in (s1, c2):
+            await self.wait_for(functools.partial(self.has_statuses, agent, failed))
+        code, _ = await self.http(s1, "PUT", "/v1/agent/force-leave/c1?prune")
+        self.assertEqual(code, 200)
+        self.assertNotIn("c1", await self.members(s1))
+        await self.wait_for(lambda: self.equals(self.statuses(c2), {"s1": 1, "c2": 1}))
+
     async def test_force_leave_of_an_unknown_node_is_an_error(self) -> None:
         s1 = await self.agent("s1", server=True)
         code, body = await self.http(s1, "PUT", "/v1/agent/force-leave/nobody")
@@ -568,6 +583,53 @@ class EncryptionTests(GossipAgentTestCase):
         await self.wait_for(functools.partial(self.has_statuses, s1, everyone))
         await self.wait_for(functools.partial(self.has_statuses, c2, everyone))
 
+    async def test_relay_factor_sends_every_answer_through_other_members(self) -> None:
+        s1 = await self.agent("s1", server=True, encrypt=KEY)
+        c1 = await self.agent("c1", encrypt=KEY, start_join=[lan(s1)])
+        c2 = await self.agent("c2", encrypt=KEY, start_join=[lan(s1)])
+        everyone = {"s1": 1, "c1": 1, "c2": 1}
+        for agent in (s1, c1, c2):
+            await self.wait_for(functools.partial(self.has_statuses, agent, everyone))
+        agents = (s1, c1, c2)
+
+        def serfs() -> list[Any]:
+            return [a.membership.lan.serf for a in agents if a.membership.lan is not None]
+
+        other = json.dumps({"Key": OTHER_KEY}).encode()
+        code, body = await self.http(c1, "POST", "/v1/operator/keyring?relay-factor=2", other)
+        self.assertEqual((code, body), (200, ""))
+        # each of the three LAN members sent its answer through both others too
+        self.assertEqual([s.relays_sent for s in serfs()], [2, 2, 2])
+        listing = await self.lan_keys(c2, "?relay-factor=2")
+        self.assertEqual(
+            {k: listing[k] for k in ("Keys", "NumNodes", "NumResp", "NumErr")},
+            {"Keys": {KEY: 3, OTHER_KEY: 3}, "NumNodes": 3, "NumResp": 3, "NumErr": 0},
+        )
+        self.assertEqual([s.relays_sent for s in serfs()], [4, 4, 4])
+        # every copy is passed on to s1, which ran the queries
+        await self.wait_for(lambda: sum(s.relays_forwarded for s in serfs()) == 12)
+
+    async def test_a_bad_relay_factor_is_400_with_a_reason(self) -> None:
+        s1 = await self.agent("s1", server=True, encrypt=KEY)
+        key = json.dumps({"Key": OTHER_KEY}).encode()
+        for method in ("GET", "POST", "PUT", "DELETE"):
+            body = None if method == "GET" else key
+            for value, reason in (
+                ("999", "Invalid relay factor: Relay factor must be in range: [0, 5]"),
+                ("6", "Invalid relay factor: Relay factor must be in range: [0, 5]"),
+                ("-1", "Invalid relay factor: Relay factor must be in range: [0, 5]"),
+                ("asdf", 'Error parsing relay factor: strconv.Atoi: parsing "asdf": invalid'),
+                ("2.5", "Error parsing relay factor"),
+            ):
+                code, text = await self.http(
+                    s1, method, f"/v1/operator/keyring?relay-factor={value}", body
+                )
+                self.assertEqual(code, 400, (method, value, text))
+                self.assertIn(reason, text)
+        # nothing changed, and the agent still answers
+        self.assertEqual((await self.lan_keys(s1, "?relay-factor=0"))["Keys"], {KEY: 1})
+        self.assertEqual((await self.lan_keys(s1, "?relay-factor="))["Keys"], {KEY: 1})
+
     async def test_a_change_through_a_client_reaches_every_pool_of_every_datacenter(self) -> None:
         """Consul's Internal.KeyringOperation: WAN, this LAN, other LANs via their servers."""
         s1 = await self.agent("s1", server=True, encrypt=KEY)
@@ -617,6 +679,8 @@ class EncryptionTests(GossipAgentTestCase):
             {"Operation": "install", "Key": "short", "Forwarded": False},
             {"Operation": "list", "Key": 5, "Forwarded": False},
             {"Operation": "list", "Key": "", "Forwarded": "yes"},
+            {"Operation": "list", "Key": "", "Forwarded": False, "RelayFactor": 6},
+            {"Operation": "list", "Key": "", "Forwarded": False, "RelayFactor": "2"},
         ]
         for body in bad:
             with self.assertRaises(BadRequest):

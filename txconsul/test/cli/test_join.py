@@ -122,6 +122,22 @@ class KeyCommandTests(AgentTestCase):
         self.assertEqual(got.code, 1)
         self.assertIn("-local-only can only be used with -list", got.err)
 
+    async def test_keyring_relay_factor(self) -> None:
+        await self.start(encrypt=KEY)
+        got = await self.cli("keyring", "-list", "-relay-factor=2")
+        self.assertEqual(got.code, 0, got.err)
+        self.assertIn(f"dc1 (LAN):\n  {KEY} (primary) [1/1]\n", got.out)
+        got = await self.cli("keyring", "-install", NEW_KEY, "-relay-factor", "5")
+        self.assertEqual(got.code, 0, got.err)
+        for value, reason in (
+            ("6", "Relay factor must be in range: [0, 5]"),
+            ("-1", "Error parsing relay factor"),
+            ("two", "Error parsing relay factor"),
+        ):
+            got = await self.cli("keyring", "-list", f"-relay-factor={value}")
+            self.assertEqual(got.code, 1, value)
+            self.assertIn(reason, got.err)
+
     async def test_keyring_wants_exactly_one_action(self) -> None:
         await self.start(encrypt=KEY)
         for argv in (["keyring"], ["keyring", "-list", "-use", KEY]):

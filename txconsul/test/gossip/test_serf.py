@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 
 from twisted.internet import reactor  # noqa: TID251 (real-process test)
+from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from txconsul.gossip.adapter import GossipPool
@@ -157,10 +158,103 @@ class SerfUnitTests(SynchronousTestCase):
             serf.merge_remote_state(0.0, junk, False)
 
 
+def leave(node: str, ltime: int, prune: bool = True) -> bytes:
+    return bytes([LEAVE]) + pack({"LTime": ltime, "Node": node, "Prune": prune})
+
+
+class PruneTests(SynchronousTestCase):
+    """A leave intent with Prune set erases the member on every receiver (serf >= 0.8.5)."""
+
+    def setUp(self) -> None:
+        from txconsul.gossip.messages import Alive, ip_bytes
+
+        self.serf, self.core = serf_pair()
+        self.core.receive(
+            0.0, ("10.0.0.2", 8301), Alive(1, "b", ip_bytes("10.0.0.2"), 8301, encode_tags({}))
+        )
+        self.serf.drain_events()
+
+    def fail_b(self) -> None:
+        from txconsul.gossip.messages import Dead
+
+        self.core.receive(0.0, ("10.0.0.3", 8301), Dead(1, "b", "c"))
+        self.assertEqual(self.serf.members["b"].status, MemberStatus.FAILED)
+        self.serf.drain_events()
+
+    def test_a_failed_member_is_left_then_erased_and_the_intent_gossiped_on(self) -> None:
+        self.fail_b()
+        queued = len(self.serf.broadcasts)
+        self.serf.notify_msg(1.0, leave("b", 5))
+        self.assertNotIn("b", self.serf.members)
+        self.assertEqual(
+            self.serf.drain_events(),
+            [MemberEvent("member-leave", "b"), MemberEvent("member-reap", "b")],
+        )
+        self.assertEqual(len(self.serf.broadcasts), queued + 1)
+        self.assertEqual(self.serf.clock.time(), 6)
+
+    def test_a_left_member_is_erased_at_once(self) -> None:
+        self.fail_b()
+        self.serf.notify_msg(1.0, leave("b", 5, prune=False))
+        self.assertEqual(self.serf.members["b"].status, MemberStatus.LEFT)
+        self.serf.drain_events()
+        self.serf.notify_msg(1.0, leave("b", 6))
+        self.assertNotIn("b", self.serf.members)
+        self.assertEqual(self.serf.drain_events(), [MemberEvent("member-reap", "b")])
+
+    def test_an_alive_member_is_erased_once_its_leave_had_time_to_spread(self) -> None:
+        cfg = self.serf.config
+        delay = cfg.broadcast_timeout + cfg.leave_propagate_delay
+        self.serf.notify_msg(10.0, leave("b", 5))
+        self.assertEqual(self.serf.members["b"].status, MemberStatus.LEAVING)
+        self.assertLessEqual(self.serf.next_deadline(), 10.0 + delay)
+        self.serf.tick(10.0 + delay - 0.1)
+        self.assertIn("b", self.serf.members)
+        self.serf.tick(10.0 + delay)
+        self.assertNotIn("b", self.serf.members)
+        self.assertEqual(self.serf.drain_events(), [MemberEvent("member-reap", "b")])
+
+    def test_a_member_alive_again_before_the_delay_is_kept(self) -> None:
+        self.serf.notify_msg(10.0, leave("b", 5))
+        self.serf.notify_msg(10.5, bytes([JOIN]) + pack({"LTime": 6, "Node": "b"}))
+        self.assertEqual(self.serf.members["b"].status, MemberStatus.ALIVE)
+        self.serf.tick(100.0)
+        self.assertIn("b", self.serf.members)
+
+    def test_an_intent_no_newer_than_the_members_status_is_ignored(self) -> None:
+        self.fail_b()
+        self.serf.notify_msg(1.0, bytes([JOIN]) + pack({"LTime": 7, "Node": "b"}))
+        queued = len(self.serf.broadcasts)
+        self.serf.notify_msg(1.0, leave("b", 7))
+        self.assertEqual(self.serf.members["b"].status, MemberStatus.FAILED)
+        self.assertEqual(len(self.serf.broadcasts), queued)
+
+    def test_a_prune_of_ourselves_is_refuted(self) -> None:
+        self.serf.notify_msg(1.0, leave("a", 5))
+        self.assertEqual(self.serf.members["a"].status, MemberStatus.ALIVE)
+        self.assertIn("a", self.serf.members)
+
+    def test_a_prune_of_a_stranger_is_kept_as_an_intent(self) -> None:
+        self.serf.notify_msg(1.0, leave("zz", 5))
+        self.assertNotIn("zz", self.serf.members)
+        self.assertEqual(self.serf.drain_events(), [])
+
+    def test_force_leave_prune_erases_here_and_broadcasts_prune(self) -> None:
+        from txconsul.gossip.wire import unpack_one
+
+        self.fail_b()
+        self.serf.force_leave(1.0, "b", prune=True)
+        self.assertNotIn("b", self.serf.members)
+        [message] = self.serf.broadcasts.get(0, 1400, 2)
+        self.assertEqual(message[0], LEAVE)
+        body, _ = unpack_one(message, 1)
+        self.assertEqual((body[b"Node"], body[b"Prune"]), (b"b", True))
+
+
 class SerfInteropTests(TestCase):
     """A txconsul pool and a real serf 0.9.4 agent on loopback (spec section 10)."""
 
-    timeout = 60
+    timeout = 90
 
     def setUp(self) -> None:
         self.serf_bin = shutil.which("serf")
@@ -256,3 +350,78 @@ class SerfInteropTests(TestCase):
                 return "user-event: hello" in f.read()
 
         await self.wait_for(serf_saw_it)
+
+    async def joined(self, name: str, seed: int) -> tuple[Serf, GossipPool]:
+        """A txconsul member ``name`` in serf-a's pool, alive on both sides."""
+        await self.wait_for(lambda: "serf-a" in self.serf_members())
+        serf = Serf(name, {"role": "node"})
+        pool = GossipPool(reactor, time.monotonic, name, rng=random.Random(seed), delegate=serf)
+        pool.startService()
+        self.addCleanup(lambda: pool.stopService() if pool.running else None)
+        self.assertEqual(await pool.join([("127.0.0.1", self.gossip_port)]), 1)
+        serf.join_intent()
+        pool.flush()
+        await self.wait_for(lambda: self.serf_members().get(name, {}).get("status") == "alive")
+        return serf, pool
+
+    async def failed_victim(self) -> tuple[Serf, GossipPool]:
+        """txconsul-1 and a txconsul victim in serf-a's pool; the victim stopped, failed for both."""
+        ours, pool = await self.joined("txconsul-1", 5)
+        _, victim = await self.joined("victim", 6)
+        await self.wait_for(
+            lambda: (
+                ours.members.get("victim") is not None
+                and ours.members["victim"].status == MemberStatus.ALIVE
+            )
+        )
+        await victim.stopService()
+
+        def failed_everywhere() -> bool:
+            theirs = self.serf_members().get("victim", {}).get("status")
+            mine = ours.members.get("victim")
+            return theirs == "failed" and mine is not None and mine.status == MemberStatus.FAILED
+
+        await self.wait_for(failed_everywhere, limit=40.0)
+        return ours, pool
+
+    async def test_serf_force_leave_prune_erases_the_member_from_txconsul(self) -> None:
+        ours, _ = await self.failed_victim()
+        # through the reactor: serf waits for its broadcast to go out, and we answer its probes
+        assert self.serf_bin is not None
+        args = ["force-leave", f"-rpc-addr={self.rpc}", "-prune", "victim"]
+        out, err, code = await getProcessOutputAndValue(self.serf_bin, args, env=os.environ)
+        self.assertEqual(code, 0, err)
+        self.assertNotIn("victim", self.serf_members())
+        await self.wait_for(lambda: "victim" not in ours.members)
+        self.assertIn(MemberEvent("member-reap", "victim"), ours.events)
+
+    async def test_txconsul_force_leave_prune_erases_the_member_from_serf(self) -> None:
+        ours, pool = await self.failed_victim()
+        ours.force_leave(time.monotonic(), "victim", prune=True)
+        pool.flush()
+        self.assertNotIn("victim", ours.members)
+        await self.wait_for(lambda: "victim" not in self.serf_members())
+        self.assertIn("txconsul-1", self.serf_members())
+
+    async def test_relayed_answers_go_both_ways_between_serf_and_txconsul(self) -> None:
+        ours, pool = await self.joined("txconsul-1", 5)
+        other, _ = await self.joined("txconsul-2", 6)
+        await self.wait_for(
+            lambda: all(
+                len([m for m in s.members.values() if m.status == MemberStatus.ALIVE]) == 3
+                for s in (ours, other)
+            )
+        )
+        handle = ours.query(time.monotonic(), "relay-me", b"", timeout=10.0, relay_factor=2)
+        pool.flush()
+        await self.wait_for(lambda: handle.acks == {"serf-a", "txconsul-1", "txconsul-2"})
+        # each txconsul member relays its ack through both others (4 copies); serf-a
+        # relays its own through up to two random members (1 or 2 more)
+        await self.wait_for(lambda: handle.duplicates >= 5)
+        self.assertLessEqual(handle.duplicates, 6)
+
+        def serf_relayed_ours() -> bool:
+            with open(self.log.name) as f:
+                return f.read().count("Relaying response to addr") >= 2
+
+        await self.wait_for(serf_relayed_ours)

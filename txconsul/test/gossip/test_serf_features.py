@@ -11,6 +11,7 @@ import os
 import random
 import tempfile
 
+import attrs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
@@ -60,6 +61,8 @@ class Pool:
                 core.on_alive(0.0, Alive(1, me.name, me.addr, me.port, me.meta, DEFAULT_VSN))
             core.take_outputs()
         self.down: set[str] = set()
+        #: (sender, receiver) pairs whose packets are lost
+        self.cut: set[tuple[str, str]] = set()
         self.reconnects: list[tuple[str, tuple[str, int]]] = []
 
     def deliver(self, sender: str, outputs: list[object]) -> None:
@@ -67,7 +70,7 @@ class Pool:
             if not isinstance(out, Packet):
                 continue
             to = self.by_address[out.to]
-            if to in self.down or sender in self.down:
+            if to in self.down or sender in self.down or (sender, to) in self.cut:
                 continue
             self.deliver(
                 to,
@@ -127,6 +130,100 @@ class QueryTests(SynchronousTestCase):
         pool.run(1.0)
         self.assertEqual(handle.acks, {"a", "b"})
         self.assertEqual(pool.serfs["b"].drain_queries(), [])
+
+
+class RelayTests(SynchronousTestCase):
+    """RelayFactor: responders also send each answer through other members (serf's relay)."""
+
+    def test_a_lost_direct_answer_arrives_by_relay_and_copies_count_once(self) -> None:
+        pool = Pool(["a", "b", "c"])
+        pool.cut.add(("b", "a"))
+        handle = pool.serfs["a"].query(pool.now, "app", b"", timeout=5.0, relay_factor=2)
+        pool.run(1.0)
+        self.assertEqual(handle.acks, {"a", "b", "c"})
+        [query] = pool.serfs["b"].drain_queries()
+        self.assertEqual(query.relay_factor, 2)
+        pool.serfs["b"].respond(pool.now, query, b"pong-b")
+        pool.deliver("b", pool.cores["b"].take_outputs())
+        [query] = pool.serfs["c"].drain_queries()
+        pool.serfs["c"].respond(pool.now, query, b"pong-c")
+        pool.deliver("c", pool.cores["c"].take_outputs())
+        self.assertEqual(handle.responses, {"b": b"pong-b", "c": b"pong-c"})
+        # copies that came again, each counted once: c's ack and response relayed
+        # through a itself, a's own ack relayed through c (what b relays to a is lost)
+        self.assertEqual(handle.duplicates, 3)
+
+    def test_without_relay_factor_a_lost_direct_answer_is_lost(self) -> None:
+        pool = Pool(["a", "b", "c"])
+        pool.cut.add(("b", "a"))
+        handle = pool.serfs["a"].query(pool.now, "app", b"", timeout=5.0)
+        pool.run(1.0)
+        self.assertEqual((handle.acks, handle.duplicates), ({"a", "c"}, 0))
+
+    def test_relay_message_wraps_the_response_for_its_destination(self) -> None:
+        pool = Pool(["a", "b", "c"])
+        b = pool.serfs["b"]
+        query_message = bytes([4]) + pack(
+            {
+                "Addr": ip_bytes("10.0.0.1"),
+                "Filters": None,
+                "Flags": 1,
+                "ID": 77,
+                "LTime": 9,
+                "Name": "app",
+                "Payload": b"",
+                "Port": 8301,
+                "RelayFactor": 1,
+                "SourceNode": "a",
+                "Timeout": 5 * 10**9,
+            }
+        )
+        b.notify_msg(pool.now, query_message)
+        packets = [o for o in pool.cores["b"].take_outputs() if isinstance(o, Packet)]
+        sent = {(p.to, m.payload) for p in packets for m in p.messages if isinstance(m, User)}
+        ack = bytes([5]) + pack({"Flags": 1, "From": "b", "ID": 77, "LTime": 9, "Payload": None})
+        self.assertIn((("10.0.0.1", 8301), ack), sent)
+        [(relay_to, relayed)] = [(to, p) for to, p in sent if p[0] == 9]
+        self.assertIn(relay_to, {("10.0.0.1", 8301), ("10.0.0.3", 8301)})
+        header, end = unpack_one(relayed, 1)
+        self.assertEqual(
+            header,
+            {
+                b"DestAddr": {b"IP": ip_bytes("10.0.0.1"), b"Port": 8301, b"Zone": b""},
+                b"DestName": b"a",
+            },
+        )
+        self.assertEqual(relayed[end:], ack)
+        # the relay forwards the inner response, unwrapped, to its destination
+        pool.serfs["c"].notify_msg(pool.now, relayed)
+        [forward] = [o for o in pool.cores["c"].take_outputs() if isinstance(o, Packet)]
+        self.assertEqual((forward.to, forward.messages), (("10.0.0.1", 8301), (User(ack),)))
+
+    def test_no_relay_in_a_pool_not_larger_than_the_factor(self) -> None:
+        pool = Pool(["a", "b"])
+        handle = pool.serfs["a"].query(pool.now, "app", b"", timeout=5.0, relay_factor=2)
+        pool.run(1.0)
+        self.assertEqual((handle.acks, handle.duplicates), ({"a", "b"}, 0))
+
+    def test_bad_relay_messages_are_dropped(self) -> None:
+        pool = Pool(["a", "b"])
+        b = pool.serfs["b"]
+        header = pack({"DestAddr": {"IP": ip_bytes("10.0.0.1"), "Port": 8301}, "DestName": "a"})
+        for junk in (
+            b"\x09",
+            b"\x09\xc1",
+            b"\x09" + pack({"DestName": "a"}) + b"\x05\x80",
+            b"\x09" + pack({"DestAddr": {"IP": b"\x01", "Port": 1}}) + b"\x05\x80",
+            b"\x09" + header,  # nothing to forward
+            b"\x09" + header + bytes([3]) + pack({"LTime": 1, "Name": "e"}),  # not a response
+        ):
+            b.notify_msg(pool.now, junk)
+        self.assertEqual(pool.cores["b"].take_outputs(), [])
+
+    def test_relay_factor_out_of_range_is_refused(self) -> None:
+        pool = Pool(["a"])
+        self.assertRaises(ValueError, pool.serfs["a"].query, 0.0, "q", b"", relay_factor=256)
+        self.assertRaises(ValueError, pool.serfs["a"].query, 0.0, "q", b"", relay_factor=-1)
 
 
 K1, K2, K3 = bytes(range(16)), bytes(range(1, 17)), bytes(range(2, 18))
@@ -253,6 +350,28 @@ class ReapAndReconnectTests(SynchronousTestCase):
         pool.run(10.0)
         self.assertNotIn("b", serf.members)
         self.assertNotIn(("a", ("10.0.0.2", 8301)), pool.reconnects)  # left: no retry
+
+    def test_a_pruning_force_leave_erases_the_member_everywhere(self) -> None:
+        config = attrs.evolve(SHORT, reconnect_timeout=3600.0, tombstone_timeout=3600.0)
+        pool = Pool(["a", "b", "c"], config)
+        pool.down.add("c")
+        pool.cores["c"].stop()
+        for _ in range(60):
+            if all(pool.serfs[n].members["c"].status == MemberStatus.FAILED for n in "ab"):
+                break
+            pool.run(0.5)
+        self.assertEqual(pool.serfs["b"].members["c"].status, MemberStatus.FAILED)
+        pool.serfs["b"].drain_events()
+        pool.serfs["a"].force_leave(pool.now, "c", prune=True)
+        pool.run(1.0)
+        self.assertNotIn("c", pool.serfs["b"].members)
+        self.assertEqual(
+            [e for e in pool.serfs["b"].drain_events() if isinstance(e, MemberEvent)],
+            [MemberEvent("member-leave", "c"), MemberEvent("member-reap", "c")],
+        )
+        pool.run(30.0)  # push/pull and gossip bring nothing back
+        self.assertEqual(set(pool.serfs["a"].members), {"a", "b"})
+        self.assertEqual(set(pool.serfs["b"].members), {"a", "b"})
 
 
 class SnapshotTests(SynchronousTestCase):
