@@ -30,7 +30,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txconsul.gossip import wire
-from txconsul.gossip.keyring import Keyring
+from txconsul.gossip.keyring import Keyring, stream_frame_end
 from txconsul.gossip.memberlist import (
     Address,
     Delegate,
@@ -48,6 +48,8 @@ from txconsul.gossip.messages import (
     ErrResp,
     Ping,
     PushPull,
+    StreamFramer,
+    StreamMessage,
     UserStream,
     decode_packet,
     decode_stream,
@@ -145,6 +147,92 @@ class Codec:
         return message, skipped + used
 
 
+#: The most a stream may buffer: a 20 MiB message, its label and encryption header.
+MAX_STREAM_BYTES = wire.MAX_STREAM + 1024
+
+
+class StreamReader:
+    """
+    Reads the one message at the start of a TCP stream, however it is cut into
+    chunks, in time linear in its length: where the message ends is found from
+    the new bytes alone (the encrypted frame's length prefix, or a
+    ``StreamFramer`` for plaintext), and the message is decoded once, whole.
+    A stream over ``MAX_STREAM_BYTES`` is refused as soon as it gets there or
+    declares that it will.
+    """
+
+    def __init__(self, codec: Codec) -> None:
+        self._codec = codec
+        self._buffer = bytearray()
+        self._start: int | None = None  # where the message starts, past a label
+        self._frame_end: int | None = None  # where an encrypted frame ends
+        self._framer: StreamFramer | None = None
+        #: whole-message decodes run, and bytes given to the framer: one and at
+        #: most the stream's length (the regression tests of the quadratic reader)
+        self.decodes = 0
+        self.scanned = 0
+
+    def __len__(self) -> int:
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> StreamMessage | None:
+        """
+        :return: the message once whole, ``None`` until then.
+        :raise MalformedPacket: the stream cannot hold a valid message.
+        """
+        fed_from = len(self._buffer)
+        self._buffer += data
+        if len(self._buffer) > MAX_STREAM_BYTES:
+            raise MalformedPacket("stream over 20 MiB")
+        end = self._end(fed_from)
+        if end is None:
+            return None
+        if end > MAX_STREAM_BYTES:
+            raise MalformedPacket("stream over 20 MiB")
+        if len(self._buffer) < end:
+            return None
+        self.decodes += 1
+        try:
+            message, _ = self._codec.decode_stream(bytes(self._buffer[:end]))
+        except Incomplete as e:  # the framer found its end: it cannot be cut short
+            raise MalformedPacket(f"stream message inconsistent: {e}") from e
+        decoded: StreamMessage = message
+        return decoded
+
+    def _end(self, fed_from: int) -> int | None:
+        """Where the message ends, once known; looks at bytes from ``fed_from`` on."""
+        buf = self._buffer
+        if self._start is None:
+            if not buf:
+                return None
+            if buf[0] == wire.HAS_LABEL:
+                if len(buf) < 2:
+                    return None
+                if buf[1] == 0:
+                    raise MalformedPacket("label truncated")
+                if len(buf) < 2 + buf[1]:
+                    return None
+                self._start = 2 + buf[1]
+            else:
+                self._start = 0
+        start = self._start
+        if self._frame_end is not None:
+            return self._frame_end
+        if self._framer is None:
+            if len(buf) <= start:
+                return None
+            codec = self._codec
+            if codec.keyring is not None and (buf[start] == wire.ENCRYPT or codec.verify_incoming):
+                self._frame_end = stream_frame_end(buf, start)
+                return self._frame_end
+            self._framer = StreamFramer()
+            fed_from = start
+        new = bytes(buf[max(fed_from, start) :])
+        self.scanned += len(new)
+        end = self._framer.feed(new)
+        return None if end is None else start + end
+
+
 class GossipNode:
     """
     The core plus the plumbing every adapter shares: one timer re-armed to the
@@ -180,6 +268,7 @@ class GossipNode:
                 connector.stopConnecting()
         closed = [s.closed for s in self.streams]
         for stream in list(self.streams):
+            stream.aborted = True
             if stream.transport is not None:
                 stream.transport.abortConnection()  # type: ignore[attr-defined]
         return DeferredList(closed).addCallback(lambda _: None)
@@ -326,31 +415,34 @@ class StreamProtocol(Protocol):
         self.done: Deferred[Any] = Deferred()
         #: fires when the connection is gone (``GossipNode.close_streams`` waits on it)
         self.closed: Deferred[None] = Deferred()
-        self._buffer = b""
+        self.reader = StreamReader(node.codec)
+        #: the message was read (or the stream dropped): nothing more is read
+        self._settled = False
+        #: ``GossipNode.close_streams`` aborted us: not the peer's fault
+        self.aborted = False
         self._timeout: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
         assert self.transport is not None
         self.node.streams.add(self)
         self._timeout = self.node.reactor.callLater(
-            self.node.core.config.tcp_timeout, self.transport.loseConnection
+            self.node.core.config.tcp_timeout, self._timed_out
         )
         if self.request is not None:
             self.transport.write(self.node.codec.encode_stream(self.request))
 
     def dataReceived(self, data: bytes) -> None:
         assert self.transport is not None
-        self._buffer += data
-        if len(self._buffer) > 32 * 1024 * 1024:
-            self._fail("stream too long")
+        if self._settled:
             return
         try:
-            message, _ = self.node.codec.decode_stream(self._buffer)
-        except Incomplete:
-            return
+            message = self.reader.feed(data)
         except MalformedPacket as e:
             self._fail(str(e))
             return
+        if message is None:
+            return
+        self._settled = True
         peer = self.transport.getPeer()
         if self.request is not None:
             self._finish(message)
@@ -363,14 +455,30 @@ class StreamProtocol(Protocol):
             self.transport.write(self.node.codec.encode_stream(reply))
         self.transport.loseConnection()
 
+    def _timed_out(self) -> None:
+        """No whole message within ``tcp_timeout``: a stalled or truncated stream."""
+        assert self.transport is not None
+        self._timeout = None
+        if not self._settled:
+            timeout = self.node.core.config.tcp_timeout
+            self._drop(f"no whole message within {timeout:g} s ({len(self.reader)} bytes)")
+            self._finish(None)
+        self.transport.loseConnection()
+
     def _fail(self, why: str) -> None:
         assert self.transport is not None
-        self.node.dropped += 1
-        self.log.debug("dropped stream: {why}", why=why)
+        self._drop(why)
         if self.request is None:
             self.transport.write(self.node.codec.encode_stream(ErrResp(why)))
         self._finish(None)
         self.transport.loseConnection()
+
+    def _drop(self, why: str) -> None:
+        """Count and log bad input once per stream; read nothing more of it."""
+        self._settled = True
+        self.node.dropped += 1
+        peer = self.transport.getPeer() if self.transport is not None else None
+        self.log.debug("dropped stream from {peer}: {why}", peer=peer, why=why)
 
     def _finish(self, result: Any) -> None:
         if not self.done.called:
@@ -379,6 +487,8 @@ class StreamProtocol(Protocol):
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
         if self._timeout is not None and self._timeout.active():
             self._timeout.cancel()
+        if not self._settled and len(self.reader) and not self.aborted:
+            self._drop(f"stream ends inside a message ({len(self.reader)} bytes)")
         self.node.streams.discard(self)
         self._finish(None)
         if not self.closed.called:

@@ -20,6 +20,7 @@ import struct
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from txconsul.gossip import wire
 from txconsul.gossip.wire import ENCRYPT, Incomplete, MalformedPacket
 
 VERSION = 1
@@ -27,7 +28,7 @@ NONCE = 12
 TAG = 16
 OVERHEAD = 1 + NONCE + TAG
 #: memberlist refuses encrypted streams longer than this.
-MAX_STREAM = 20 * 1024 * 1024
+MAX_STREAM = wire.MAX_STREAM
 _STREAM_HEADER = struct.Struct(">BI")
 
 
@@ -104,17 +105,30 @@ class Keyring:
 
     def decrypt_stream(self, buffer: bytes) -> tuple[bytes, int]:
         """:return: the plaintext of the frame at the start of ``buffer``, and its length."""
-        if len(buffer) < _STREAM_HEADER.size:
+        end = stream_frame_end(buffer)
+        if end is None:
             raise Incomplete("encrypted stream header")
-        kind, length = _STREAM_HEADER.unpack_from(buffer)
-        if kind != ENCRYPT:
-            raise MalformedPacket("stream is not encrypted")
-        if length > MAX_STREAM:
-            raise MalformedPacket("encrypted stream too long")
-        end = _STREAM_HEADER.size + length
         if len(buffer) < end:
             raise Incomplete("encrypted stream body")
         return self._open(buffer[_STREAM_HEADER.size : end], buffer[: _STREAM_HEADER.size]), end
+
+
+def stream_frame_end(buffer: bytes | bytearray, start: int = 0) -> int | None:
+    """
+    Where the encrypted stream frame at ``start`` ends, from its header alone.
+
+    :return: ``None`` while the header is incomplete.
+    :raise MalformedPacket: not an encrypted frame, or one over ``MAX_STREAM``.
+    """
+    if len(buffer) < start + _STREAM_HEADER.size:
+        return None
+    kind, length = _STREAM_HEADER.unpack_from(buffer, start)
+    if kind != ENCRYPT:
+        raise MalformedPacket("stream is not encrypted")
+    if length > MAX_STREAM:
+        raise MalformedPacket("encrypted stream too long")
+    end: int = start + _STREAM_HEADER.size + length
+    return end
 
 
 def encode_key(key: bytes) -> str:

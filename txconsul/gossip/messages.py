@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import attrs
+import msgpack
 
 from txconsul.gossip import wire
 from txconsul.gossip.wire import Incomplete, MalformedPacket
@@ -494,20 +495,114 @@ MAX_PUSH_PULL_NODES = 1 << 20
 
 
 def _push_pull(data: bytes) -> tuple[PushPull, int]:
-    header, offset = wire.unpack_one(data, 1)
-    header = _map(header, "push/pull header")
-    count = _int(header, b"Nodes")
-    user_len = _int(header, b"UserStateLen")
-    if not 0 <= count <= MAX_PUSH_PULL_NODES or not 0 <= user_len <= wire.MAX_DECOMPRESSED:
-        raise MalformedPacket("push/pull header out of range")
-    nodes = []
-    for _ in range(count):
-        body, offset = wire.unpack_one(data, offset)
-        nodes.append(PushNodeState.from_body(_map(body, "push/pull node")))
+    # One Unpacker over the whole buffer: each byte is read once, however many
+    # records (slicing the buffer per record would copy it once per record).
+    unpacker = _unpacker()
+    unpacker.feed(memoryview(data)[1:])
+    try:
+        header = _map(unpacker.unpack(), "push/pull header")
+        count, user_len = _push_pull_lengths(header)
+        nodes = [
+            PushNodeState.from_body(_map(unpacker.unpack(), "push/pull node")) for _ in range(count)
+        ]
+    except msgpack.OutOfData as e:
+        raise Incomplete("push/pull truncated") from e
+    except MalformedPacket:
+        raise
+    except Exception as e:  # msgpack raises a zoo of types for garbage
+        raise MalformedPacket(f"bad msgpack: {e.__class__.__name__}") from e
+    offset = 1 + unpacker.tell()
     if len(data) < offset + user_len:
         raise Incomplete("push/pull user state truncated")
     user = data[offset : offset + user_len]
     return PushPull(_bool(header, b"Join"), tuple(nodes), user), offset + user_len
+
+
+def _push_pull_lengths(header: Body) -> tuple[int, int]:
+    """:return: the node count and user state length a push/pull header declares."""
+    count = _int(header, b"Nodes")
+    user_len = _int(header, b"UserStateLen")
+    if not 0 <= count <= MAX_PUSH_PULL_NODES or not 0 <= user_len <= wire.MAX_DECOMPRESSED:
+        raise MalformedPacket("push/pull header out of range")
+    return count, user_len
+
+
+def _unpacker() -> msgpack.Unpacker:
+    return msgpack.Unpacker(
+        raw=True,
+        max_buffer_size=wire.MAX_STREAM,
+        max_array_len=wire.MAX_CONTAINER,
+        max_map_len=wire.MAX_CONTAINER,
+        strict_map_key=True,
+    )
+
+
+class StreamFramer:
+    """
+    Finds where the plaintext stream message at the start of a TCP stream ends,
+    reading each byte once however the stream is cut into chunks.
+
+    ``decode_stream`` on a buffer that ends inside a message starts over on
+    every chunk, which is quadratic in the stream's length; the framer reads
+    only the new bytes (msgpack's ``Unpacker`` resumes where it stopped) so
+    that the message is decoded once, when it is whole.
+    """
+
+    def __init__(self) -> None:
+        self._kind: int | None = None
+        self._unpacker = _unpacker()
+        self._header_read = False
+        self._records = 0  # push/pull records still to skip
+        self._tail = 0  # raw bytes after the last msgpack value
+        self._fed = 0  # bytes seen, the type byte included
+        self._end: int | None = None  # the message's length, once known
+
+    def feed(self, data: bytes) -> int | None:
+        """
+        :return: the length of the message from the first byte fed, once the
+            bytes fed so far hold all of it; ``None`` until then.
+        :raise MalformedPacket: the bytes cannot start a stream message.
+        """
+        if self._end is not None:
+            self._fed += len(data)
+            return self._end if self._fed >= self._end else None
+        if self._kind is None:
+            if not data:
+                return None
+            kind = data[0]
+            if kind not in _STREAM_KINDS:
+                raise MalformedPacket(f"unexpected stream message type {kind}")
+            self._kind = kind
+            self._fed = 1
+            data = data[1:]
+        self._fed += len(data)
+        self._unpacker.feed(data)
+        try:
+            if not self._header_read:
+                header = self._unpacker.unpack()
+                self._header_read = True
+                if self._kind == wire.PUSH_PULL:
+                    self._records, self._tail = _push_pull_lengths(_map(header, "push/pull header"))
+                elif self._kind == wire.USER:
+                    self._tail = _int(_map(header, "user message header"), b"UserMsgLen")
+                    if self._tail < 0:
+                        raise MalformedPacket("negative UserMsgLen")
+            while self._records:
+                self._unpacker.skip()
+                self._records -= 1
+        except msgpack.OutOfData:
+            return None
+        except MalformedPacket:
+            raise
+        except Exception as e:  # msgpack raises a zoo of types for garbage
+            raise MalformedPacket(f"bad msgpack: {e.__class__.__name__}") from e
+        self._end = 1 + self._unpacker.tell() + self._tail
+        if self._end > wire.MAX_STREAM:
+            raise MalformedPacket("stream message over 20 MiB")
+        return self._end if self._fed >= self._end else None
+
+
+_STREAM_KINDS = frozenset((wire.PING, wire.ACK, wire.ERR, wire.COMPRESS, wire.PUSH_PULL, wire.USER))
 
 
 def encode_stream(message: StreamMessage, *, compress: bool = False) -> bytes:

@@ -42,6 +42,8 @@ HAS_LABEL = 244
 
 #: Cap on a decompressed body, so that a small packet cannot expand without bound.
 MAX_DECOMPRESSED = 20 * 1024 * 1024
+#: Cap on one TCP stream message (a push/pull), memberlist's 20 MiB.
+MAX_STREAM = 20 * 1024 * 1024
 MAX_COMPOUND_PARTS = 255
 MAX_CONTAINER = 1 << 20
 
