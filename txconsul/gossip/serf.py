@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import attrs
+from twisted.logger import Logger
 
 from txconsul.gossip import wire
 from txconsul.gossip.broadcast import BroadcastQueue
@@ -304,6 +305,8 @@ class Serf:
     :param tags: published in node meta (at most 512 bytes encoded).
     """
 
+    log = Logger()
+
     def __init__(
         self,
         name: str,
@@ -358,6 +361,8 @@ class Serf:
         #: query answers we sent through relays, and relayed answers we passed on
         self.relays_sent = 0
         self.relays_forwarded = 0
+        #: serf messages and push/pull states that could not be read
+        self.dropped = 0
         self.memberlist: Memberlist | None = None
 
     def attach(self, memberlist: Memberlist) -> None:
@@ -832,8 +837,15 @@ class Serf:
                 self._on_query_response(now, payload)
             elif payload[0] == RELAY:
                 self._on_relay(now, payload)
-        except MalformedPacket:
-            return
+            else:
+                raise MalformedPacket(f"unknown serf message type {payload[0]}")
+        except MalformedPacket as e:
+            self._drop("serf message", e)
+
+    def _drop(self, what: str, why: Exception) -> None:
+        """Bad input from a member: counted in ``dropped`` and logged at debug level."""
+        self.dropped += 1
+        self.log.debug("dropped {what}: {why}", what=what, why=str(why))
 
     def _body(self, data: bytes) -> Mapping[bytes, Any]:
         body, _ = wire.unpack_one(data)
@@ -931,9 +943,11 @@ class Serf:
         return _msg(PUSH_PULL, body)
 
     def merge_remote_state(self, now: float, data: bytes, join: bool) -> None:
-        if not data or data[0] != PUSH_PULL:
-            return
+        if not data:
+            return  # a member without serf state (a bare memberlist)
         try:
+            if data[0] != PUSH_PULL:
+                raise MalformedPacket(f"serf state of type {data[0]}")
             body = self._body(data[1:])
             for clock, key in (
                 (self.clock, b"LTime"),
@@ -967,8 +981,8 @@ class Serf:
                             "Payload": event.get(b"Payload") or b"",
                         }
                         self._on_user_event(wire.pack(inner), rebroadcast=False)
-        except MalformedPacket:
-            return
+        except MalformedPacket as e:
+            self._drop("serf push/pull state", e)
 
     def notify_join(self, now: float, node: Node) -> None:
         member = self.members.get(node.name)

@@ -13,9 +13,11 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
+from typing import Any
 
 from twisted.internet import reactor  # noqa: TID251 (real-process test)
 from twisted.internet.utils import getProcessOutputAndValue
+from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from txconsul.gossip.adapter import GossipPool
@@ -151,11 +153,39 @@ class SerfUnitTests(SynchronousTestCase):
             [UserEvent(1, "deploy", b"x", False)],
         )
 
-    def test_garbage_user_messages_are_ignored(self) -> None:
+    def test_garbage_messages_are_dropped_logged_at_debug_and_counted(self) -> None:
         serf, _ = serf_pair()
-        for junk in (b"\x03", b"\x03\xc1", b"\x01\x80\x80", b"\x00\x81\xa5LTime\xa1x", b"\x02\x90"):
-            serf.notify_msg(0.0, junk)
-            serf.merge_remote_state(0.0, junk, False)
+
+        def state() -> Any:
+            clocks = (serf.clock.time(), serf.event_clock.time(), serf.query_clock.time())
+            return (
+                dict(serf.members),
+                clocks,
+                list(serf.events),
+                list(serf.queries),
+                len(serf.broadcasts),
+            )
+
+        before = state()
+        junks = (
+            b"\x03",
+            b"\x03\xc1",
+            b"\x01\x93\x01",
+            b"\x00\x81\xa5LTime\xa1x",
+            b"\x02\x90",
+            b"\x63",
+        )
+        with capturedLogs() as events:
+            for junk in junks:
+                serf.notify_msg(0.0, junk)
+                serf.merge_remote_state(0.0, junk, False)
+            serf.notify_msg(0.0, b"")  # nothing at all: not bad input
+            serf.merge_remote_state(0.0, b"", False)  # a member without serf state
+        self.assertEqual(serf.dropped, 2 * len(junks))
+        dropped = [e for e in events if e.get("log_format", "").startswith("dropped")]
+        self.assertEqual(len(dropped), 2 * len(junks))
+        self.assertEqual({e["log_level"] for e in dropped}, {LogLevel.debug})
+        self.assertEqual(state(), before)
 
 
 def leave(node: str, ltime: int, prune: bool = True) -> bytes:
