@@ -73,9 +73,11 @@ class BroadcastQueue(Generic[T]):
             del self._ranked[i]
 
     def _prune(self) -> None:
-        # drop the most transmitted, oldest first
+        # drop the most transmitted, oldest first, down to 7/8 of the depth:
+        # pruning one item per queued one sorted the whole queue each time,
+        # quadratic when a push/pull brings thousands of new members
         ranked = sorted((r[3] for r in self._ranked), key=lambda i: (-i.transmits, i.order))
-        for item in ranked[: len(self._ranked) - self.max_depth]:
+        for item in ranked[: len(self._ranked) - self.max_depth * 7 // 8]:
             self._remove(item)
 
     def _remove(self, item: _Item[T]) -> None:
