@@ -61,7 +61,7 @@ class TagTests(ClusterTestCase):
                 await self.members(s1, wan=True)
             ) == {"s1.dc1", "s2.dc1"}
 
-        await self.wait_for(everyone_alive)
+        await self.wait_for(everyone_alive, 30.0)
         lan_tags = await self.members(s1)
         wan_tags = await self.members(s1, wan=True)
         self.assertTags(lan_tags["c1"], self.expected(c1))
@@ -98,7 +98,7 @@ class ExpectTagTests(ClusterTestCase):
         def refused_by(agent: Agent) -> list[dict[str, Any]]:
             return [e for e in errors if e.get("log_source") is agent.servers]
 
-        await self.wait_for(lambda: all(refused_by(a) for a in servers))
+        await self.wait_for(lambda: all(refused_by(a) for a in servers), 30.0)
         self.assertEqual([a.servers.node for a in servers if a.servers], [None, None, None])
         self.assertEqual([a.consensus.leader_address() for a in servers], ["", "", ""])
         for event in errors:
