@@ -172,6 +172,12 @@ class GossipNode:
         #: open push/pull and ping streams, both ways, and connections being made
         self.streams: set[StreamProtocol] = set()
         self.connecting: set[Any] = set()
+        #: serf's reconnects to failed members: tried, and answered with a push/pull
+        self.reconnects_tried = 0
+        self.reconnects_answered = 0
+        #: memberlist's TCP fallback pings: sent, and answered with an ack
+        self.stream_pings_sent = 0
+        self.stream_pings_acked = 0
 
     def close_streams(self) -> Deferred[None]:
         """Abort every stream and connection attempt; fires once all are closed."""
@@ -189,6 +195,7 @@ class GossipNode:
             if isinstance(out, Packet):
                 self._send_packet(out)
             elif isinstance(out, StreamPing):
+                self.stream_pings_sent += 1
                 self.exchange(out.to, out.ping).addCallback(self._on_stream_reply, out.to)
             elif isinstance(out, StartPushPull):
                 self.exchange(out.to, out.state).addCallback(self._on_stream_reply, out.to)
@@ -213,6 +220,7 @@ class GossipNode:
             except (MalformedPacket, MergeRefused) as e:
                 self.log.info("push/pull with {addr} refused: {why}", addr=source, why=str(e))
         elif isinstance(message, Ack):
+            self.stream_pings_acked += 1
             self.emit(self.core.receive(now, source, message))
 
     def exchange(self, to: Address, request: Any) -> Deferred[Any]:
@@ -292,9 +300,16 @@ class GossipNode:
             self.emit(outputs)
 
     def reconnect(self, address: Address) -> None:
-        """Try a failed member again: a joining push/pull with it."""
+        """Try a failed member again (serf's reconnect): a joining push/pull with it."""
+        self.reconnects_tried += 1
+        self.log.info("attempting reconnect to {addr}", addr="%s:%d" % address)
         state = self.core.local_state(join=True)
-        self.exchange(address, state).addCallback(self._on_stream_reply, address)
+        self.exchange(address, state).addCallback(self._reconnected, address)
+
+    def _reconnected(self, reply: Any, address: Address) -> None:
+        if isinstance(reply, PushPull):
+            self.reconnects_answered += 1
+        self._on_stream_reply(reply, address)
 
     def disarm(self) -> None:
         if self._timer is not None and self._timer.active():
@@ -538,6 +553,47 @@ class GossipPool(Service):
                     stopping.append(d)
         self._udp = self._tcp = None
         return DeferredList(stopping).addCallback(lambda _: None) if stopping else succeed(None)
+
+    def suspend(self) -> Deferred[Any]:
+        """
+        Cut this member off the network while it keeps its state: close both
+        listeners (datagrams and connections to it are refused) and stop its
+        timer. ``resume`` binds the same port again. For tests of what the
+        others do with a member that vanished and came back, in one process.
+        """
+        assert self.node is not None and self._udp is not None and self._tcp is not None
+        self._portno = self.address()[1]
+        self.node.disarm()
+        self.node.udp = None
+        stopping = [self.node.close_streams()]
+        for port in (self._udp, self._tcp):
+            d = port.stopListening()
+            if d is not None:
+                stopping.append(d)
+        self._udp = self._tcp = None
+        return DeferredList(stopping)
+
+    def resume(self) -> None:
+        """Listen again on the port ``suspend`` closed, and restart the timer."""
+        assert self.node is not None and self._udp is None
+        self._bind()
+        self._proto.node = self.node
+        self.node.udp = self._proto
+        self._factory.node = self.node
+        self.node.arm()
+
+    def stop_reading_udp(self) -> None:
+        """
+        Leave datagrams to this member unread while it still sends its own
+        and serves TCP (a firewall dropping UDP inbound, say): for tests of
+        memberlist's TCP fallback ping. ``start_reading_udp`` undoes it.
+        """
+        assert self._udp is not None
+        self._udp.stopReading()  # type: ignore[attr-defined]
+
+    def start_reading_udp(self) -> None:
+        if self._udp is not None:
+            self._udp.startReading()  # type: ignore[attr-defined]
 
     def join(self, addresses: list[Address]) -> Deferred[int]:
         """Push/pull with each address; fires with how many answered."""
