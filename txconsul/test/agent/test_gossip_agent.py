@@ -494,6 +494,15 @@ class EncryptionTests(GossipAgentTestCase):
         c1 = await self.agent("c1", encrypt=KEY, start_join=[lan(s1)])
         self.assertEqual(set(await self.members(c1)), {"s1", "c1"})
 
+    async def test_agents_join_with_16_24_and_32_byte_keys(self) -> None:
+        for size in (16, 24, 32):
+            key = base64.b64encode(bytes(range(50, 50 + size))).decode()
+            s1 = await self.agent(f"s{size}", server=True, encrypt=key)
+            c1 = await self.agent(f"c{size}", encrypt=key, start_join=[lan(s1)])
+            want = {f"s{size}": 1, f"c{size}": 1}
+            await self.wait_for(functools.partial(self.has_statuses, s1, want))
+            await self.wait_for(functools.partial(self.has_statuses, c1, want))
+
     async def test_agents_with_other_keys_or_none_cannot_join(self) -> None:
         s1 = await self.agent("s1", server=True, encrypt=KEY)
         other = await self.agent("c1", encrypt=OTHER_KEY)
