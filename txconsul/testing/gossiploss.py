@@ -192,9 +192,14 @@ async def scenario(reactor: Any, opts: argparse.Namespace) -> dict[str, Any]:
             left = opts.seconds - (time.monotonic() - started) - 5.0
             await sleep(reactor, max(left, 0.0))
             leaving = time.monotonic()
-            await http_json("PUT", f"http://127.0.0.1:{joiner.http}/v1/agent/leave", timeout=10.0)
+            # the request returns only after Consul's leave propagate delay:
+            # watch the others while it runs
+            request = ensureDeferred(
+                http_json("PUT", f"http://127.0.0.1:{joiner.http}/v1/agent/leave", timeout=15.0)
+            )
             seen = await until(reactor, pool, joiner.name, LEFT, 15.0)
             run["leave_after"] = seen if math.isinf(seen) else time.monotonic() - leaving
+            await request
             await watcher
             run["false_deaths"] = false_deaths
             run["dropped"] = drop_counter()
