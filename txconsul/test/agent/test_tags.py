@@ -6,12 +6,16 @@ py-consul), and the ``expect`` tag read back when servers bootstrap.
 from __future__ import annotations
 
 import re
+from types import SimpleNamespace
 from typing import Any
 
 from twisted.logger import ILogObserver, LogLevel, globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import provider
 
 from txconsul.agent.agent import Agent
+from txconsul.agent.servers import ServerInfo, Servers
+from txconsul.gossip.serf import MemberStatus
 from txconsul.test.agent.support import ClusterTestCase, lan, server_port
 from txconsul.testing.agent import api_call
 
@@ -110,3 +114,32 @@ class ExpectTagTests(ClusterTestCase):
         self.assertIn("expects 3 servers, this one 2", refused_by(s3)[0]["why"])
         # logged once per conflicting member, not at every check
         self.assertEqual(len(refused_by(s1)), 1)
+
+
+class BootstrapRefusalRuleTests(SynchronousTestCase):
+    """The rule alone: which member stops a ``bootstrap_expect`` server from bootstrapping."""
+
+    def refusal(self, expect: int, *servers: ServerInfo) -> tuple[str, str] | None:
+        holder = SimpleNamespace(
+            _agent=SimpleNamespace(config=SimpleNamespace(bootstrap_expect=expect))
+        )
+        return Servers._bootstrap_refusal(holder, list(servers))  # type: ignore[arg-type]
+
+    def server(self, name: str, expect: int = 0, bootstrap: bool = False) -> ServerInfo:
+        return ServerInfo(
+            name, name, f"127.0.0.1:{len(name)}", MemberStatus.ALIVE, bootstrap, expect
+        )
+
+    def test_the_same_expect_or_none_at_all_is_no_conflict(self) -> None:
+        self.assertIsNone(self.refusal(3, self.server("s1", 3), self.server("s2", 0)))
+
+    def test_another_expect_is_refused_naming_the_member(self) -> None:
+        got = self.refusal(3, self.server("s1", 3), self.server("s2", 5))
+        self.assertEqual(
+            got,
+            ("s2", "it expects 5 servers, this one 3: all servers should expect the same number"),
+        )
+
+    def test_a_member_in_bootstrap_mode_is_refused(self) -> None:
+        got = self.refusal(3, self.server("s1", 3), self.server("s0", bootstrap=True))
+        self.assertEqual(got, ("s0", "it is in bootstrap mode: bootstrap_expect disabled"))
