@@ -38,6 +38,7 @@ from txconsul.gossip.serf import (
     MergeCheck,
     QueryHandle,
     Serf,
+    SerfConfig,
     UserEvent,
     key_response,
 )
@@ -48,6 +49,16 @@ if TYPE_CHECKING:
 
 #: How long a graceful leave waits for its broadcasts to go out (serf's BroadcastTimeout).
 BROADCAST_TIMEOUT = 5.0
+
+#: How long a leaving agent stays up after memberlist's leave went out, answering
+#: the probes of members that have not heard it yet (serf's LeavePropagateDelay,
+#: which Consul sets to 3 s on both pools instead of serf's 1 s).
+LEAVE_PROPAGATE_DELAY = 3.0
+
+#: serf's timers as Consul sets them (agent/consul/config.go)
+CONSUL_SERF = SerfConfig(
+    broadcast_timeout=BROADCAST_TIMEOUT, leave_propagate_delay=LEAVE_PROPAGATE_DELAY
+)
 
 Event = MemberEvent | UserEvent
 Subscriber = Callable[["SerfPool", list[Event]], None]
@@ -77,6 +88,7 @@ class ConsulSerf(Serf):
             name,
             tags,
             retransmit_mult,
+            config=CONSUL_SERF,
             snapshot=snapshot,
             keyring=keyring,
             save_keyring=save_keyring,
@@ -253,6 +265,8 @@ class Membership(Service):
         self._subscribers: list[Subscriber] = []
         self._retrying: list[Deferred[Any]] = []
         self._leaving: Deferred[None] | None = None
+        #: leave propagate delays under way, cut short if the service stops
+        self._propagating: list[Deferred[None]] = []
 
     # -- life cycle -----------------------------------------------------------------
 
@@ -370,7 +384,7 @@ class Membership(Service):
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()
-        for d in self._retrying:
+        for d in self._retrying + self._propagating:
             d.cancel()
         self._retrying = []
         stopping = [p.gossip.stopService() for p in self.pools()]
@@ -414,6 +428,7 @@ class Membership(Service):
                 tags["expect"] = str(c.bootstrap_expect)
             elif c.bootstrap:
                 tags["bootstrap"] = "1"
+            tags["acls"] = "0"  # ACLs disabled; no ft_* flags: no federation states, no intentions
             if not wan and self.wan is not None:
                 tags["wan_join_port"] = str(self.wan.gossip.address()[1])
         return tags
@@ -555,13 +570,49 @@ class Membership(Service):
         return self._leaving
 
     async def _leave(self, pool: SerfPool) -> None:
+        """
+        serf's graceful leave: broadcast the leave intent and wait (at most a
+        broadcast timeout) until it went out, so that the others hold us as
+        leaving; then memberlist's leave, waited for the same way; then stay up
+        for the leave propagate delay, answering probes while the leave
+        spreads, so that nobody who has not heard it yet suspects us and marks
+        us failed. serf sleeps that delay even alone; we skip it when no
+        other member is alive, as nobody could probe us.
+        """
         serf, gossip = pool.serf, pool.gossip
+        which = "WAN" if pool.wan else "LAN"
         serf.leave_intent()
         gossip.flush()
         await self._until(pool, lambda: len(serf.broadcasts) == 0)
+        if gossip.node is None or gossip.node.core.stopped:
+            return
         gossip.leave()
         await self._until(pool, lambda: len(gossip.core.broadcasts) == 0)
-        self.log.info("left the {which} pool", which="WAN" if pool.wan else "LAN")
+        delay = serf.config.leave_propagate_delay
+        if delay > 0 and self._anyone_alive(pool):
+            self.log.info(
+                "left the {which} pool; waiting {delay} s for the leave to propagate",
+                which=which,
+                delay=delay,
+            )
+            wait = deferLater(self._agent.reactor, delay, lambda: None)
+            self._propagating.append(wait)
+            try:
+                await wait
+            except CancelledError:
+                return  # the agent stopped meanwhile
+            finally:
+                self._propagating.remove(wait)
+        else:
+            self.log.info("left the {which} pool", which=which)
+
+    @staticmethod
+    def _anyone_alive(pool: SerfPool) -> bool:
+        node = pool.gossip.node
+        if node is None or node.core.stopped:
+            return False
+        core = node.core
+        return any(n.state == MemberState.ALIVE for n in core.nodes.values() if n is not core.me)
 
     async def _until(self, pool: SerfPool, done: Callable[[], bool]) -> None:
         """Wait (polling at the gossip interval) until ``done()``, for at most a broadcast timeout."""
@@ -569,14 +620,8 @@ class Membership(Service):
         step = gossip.core.config.gossip_interval
         waited = 0.0
         while waited < BROADCAST_TIMEOUT:
-            node = gossip.node
-            if node is None or node.core.stopped or done():
-                return
-            core = node.core
-            if not any(
-                n.state == MemberState.ALIVE for n in core.nodes.values() if n is not core.me
-            ):
-                return  # nobody to tell
+            if done() or not self._anyone_alive(pool):
+                return  # sent, stopped, or nobody to tell
             await deferLater(self._agent.reactor, step, lambda: None)
             waited += step
 

@@ -10,6 +10,7 @@ import functools
 import json
 import os
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +23,7 @@ from twisted.trial.unittest import TestCase
 
 from txconsul.agent.agent import Agent
 from txconsul.agent.membership import (
+    LEAVE_PROPAGATE_DELAY,
     JoinFailed,
     lan_merge_check,
     parse_join_address,
@@ -233,6 +235,39 @@ class StatusTests(GossipAgentTestCase):
         code, _ = await self.http(s1, "GET", "/v1/catalog/node/c1")
         _, nodes = await self.http(s1, "GET", "/v1/catalog/nodes")
         self.assertEqual([n["Node"] for n in nodes], ["s1"])
+
+    async def test_a_leaving_agent_stays_up_until_its_leave_has_spread(self) -> None:
+        """
+        serf's leave order with Consul's 3 s LeavePropagateDelay: the leave
+        intent, then memberlist's leave, then the agent stays up while the
+        leave spreads. The two others hear ``c1`` leave (a member-leave
+        event, never member-failed) while it still runs, and it stops only
+        the propagate delay later.
+        """
+        s1, c1 = await self.joined_pair()
+        c2 = await self.agent("c2", start_join=[lan(s1)])
+        peers = (s1, c2)
+        for peer in peers:
+            await self.wait_for(functools.partial(self._alive, peer, "c1"))
+        seen: dict[str, list[tuple[str, bool, float]]] = {"s1": [], "c2": []}
+        for peer in peers:
+
+            def record(pool: Any, events: list[Any], name: str = peer.config.node_name) -> None:
+                for event in events:
+                    if getattr(event, "name", None) == "c1":
+                        seen[name].append((event.kind, c1.running, time.monotonic()))
+
+            peer.membership.subscribe(record)
+        code, _ = await self.http(c1, "PUT", "/v1/agent/leave")
+        self.assertEqual(code, 200)
+        await self.wait_for(lambda: not c1.running, limit=20)
+        stopped = time.monotonic()
+        for peer in peers:
+            self.assertEqual((await self.statuses(peer)).get("c1"), 3)
+        for name, events in seen.items():
+            self.assertEqual([(kind, running) for kind, running, _ in events],
+                             [("member-leave", True)], name)  # fmt: skip
+            self.assertGreater(stopped - events[0][2], LEAVE_PROPAGATE_DELAY - 1.0, name)
 
     async def test_force_leave_turns_a_failed_member_left(self) -> None:
         s1, c1 = await self.joined_pair()
@@ -493,6 +528,15 @@ class EncryptionTests(GossipAgentTestCase):
         s1 = await self.agent("s1", server=True, encrypt=KEY)
         c1 = await self.agent("c1", encrypt=KEY, start_join=[lan(s1)])
         self.assertEqual(set(await self.members(c1)), {"s1", "c1"})
+
+    async def test_agents_join_with_16_24_and_32_byte_keys(self) -> None:
+        for size in (16, 24, 32):
+            key = base64.b64encode(bytes(range(50, 50 + size))).decode()
+            s1 = await self.agent(f"s{size}", server=True, encrypt=key)
+            c1 = await self.agent(f"c{size}", encrypt=key, start_join=[lan(s1)])
+            want = {f"s{size}": 1, f"c{size}": 1}
+            await self.wait_for(functools.partial(self.has_statuses, s1, want))
+            await self.wait_for(functools.partial(self.has_statuses, c1, want))
 
     async def test_agents_with_other_keys_or_none_cannot_join(self) -> None:
         s1 = await self.agent("s1", server=True, encrypt=KEY)
