@@ -428,6 +428,7 @@ class Membership(Service):
                 tags["expect"] = str(c.bootstrap_expect)
             elif c.bootstrap:
                 tags["bootstrap"] = "1"
+            tags["acls"] = "0"  # ACLs disabled; no ft_* flags: no federation states, no intentions
             if not wan and self.wan is not None:
                 tags["wan_join_port"] = str(self.wan.gossip.address()[1])
         return tags

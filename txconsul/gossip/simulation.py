@@ -239,16 +239,23 @@ class SimMember:
             return
         self.emit(self.core.tick(self.now()))
 
-    def slow(self, inbox_delay: float) -> None:
+    def slow(self, inbox_delay: float, send_late: bool = False) -> None:
         """Handle incoming messages ``inbox_delay`` seconds late (0: normal again).
 
         The member's own timers keep firing on time, as on a starved CPU whose
         receive loop falls behind: it probes on schedule, but reads acks late.
+        With ``send_late`` what it sends also leaves ``inbox_delay`` late (its
+        send loop is starved too), while its deadlines are still judged on the
+        clock: a timeout expires on time, but the work it triggers waits.
         """
+        net = self.cluster.net
         if inbox_delay > 0:
-            self.cluster.net.inbox_delay[self.address] = inbox_delay
+            net.inbox_delay[self.address] = inbox_delay
+            if send_late:
+                net.outbox_delay[self.address] = inbox_delay
         else:
-            self.cluster.net.inbox_delay.pop(self.address, None)
+            net.inbox_delay.pop(self.address, None)
+            net.outbox_delay.pop(self.address, None)
 
     def crash(self) -> None:
         self.crashed = True
@@ -353,6 +360,7 @@ class SimCluster:
         lengths: tuple[float, float] = (5.0, 20.0),
         start_probability: float = 0.1,
         step: float = 0.5,
+        send_late: bool = False,
     ) -> None:
         """
         Run while the ``slow`` members have episodes of a starved CPU: every
@@ -370,7 +378,7 @@ class SimCluster:
                     self.members[name].slow(0)
                     ends[name] = 0.0
                 if not ends.get(name) and episodes.random() < start_probability:
-                    self.members[name].slow(episodes.uniform(*delays))
+                    self.members[name].slow(episodes.uniform(*delays), send_late)
                     ends[name] = now + episodes.uniform(*lengths)
             self.clock.advance(min(step, end - now))
 

@@ -59,6 +59,10 @@ class SimNetwork:
         #: its timers keep firing on time, its inbox is processed late, in order.
         self.inbox_delay: dict[Address, float] = {}
         self._inbox_free: dict[Address, float] = {}
+        #: Extra seconds before what a host sends leaves it (the same starved CPU
+        #: gets to its sends late), in order.
+        self.outbox_delay: dict[Address, float] = {}
+        self._outbox_free: dict[Address, float] = {}
         self.packets_sent: dict[Address, int] = {}
         self.bytes_sent: dict[Address, int] = {}
         self.datagram_bytes = 0
@@ -92,10 +96,20 @@ class SimNetwork:
     def _delay(self) -> float:
         return self.latency * (1 + self.jitter * self.rng.random())
 
-    def _until_processed(self, dst: Address, delay: float) -> float:
-        """Seconds from now until ``dst`` handles a message arriving in ``delay``."""
-        extra = self.inbox_delay.get(dst, 0.0)
-        free = self._inbox_free.get(dst)
+    def _until_processed(self, dst: Address, delay: float, src: Address | None = None) -> float:
+        """
+        Seconds from now until ``dst`` handles a message arriving in ``delay``
+        (after ``src``'s outbox delay, if any, when ``src`` is given).
+        """
+        if src is not None and (src in self.outbox_delay or src in self._outbox_free):
+            delay += self._backlog(self.outbox_delay, self._outbox_free, src, 0.0)
+        return self._backlog(self.inbox_delay, self._inbox_free, dst, delay)
+
+    def _backlog(
+        self, extras: dict[Address, float], frees: dict[Address, float], host: Address, delay: float
+    ) -> float:
+        extra = extras.get(host, 0.0)
+        free = frees.get(host)
         if not extra and free is None:
             return delay
         now = self.clock.seconds()
@@ -103,9 +117,9 @@ class SimNetwork:
         if free is not None and free > when:
             when = free  # the backlog is handled first, in arrival order
         if extra or when > now + delay:
-            self._inbox_free[dst] = when
+            frees[host] = when
         else:
-            del self._inbox_free[dst]
+            del frees[host]
         return when - now
 
     def _count(self, src: Address, payload: Any, stream: bool = False) -> None:
@@ -124,7 +138,7 @@ class SimNetwork:
         if self.rng.random() < self.loss or self.blocked(src, dst):
             self.dropped += 1
             return
-        delay = self._until_processed(dst, self._delay())
+        delay = self._until_processed(dst, self._delay(), src)
         self.clock.callLater(delay, self._deliver, src, dst, payload)
 
     def _deliver(self, src: Address, dst: Address, payload: Any) -> None:
@@ -152,7 +166,7 @@ class SimNetwork:
         if dst not in self._stream:
             self.clock.callLater(self._delay(), on_error, Unreachable(dst))
             return
-        delay = self._until_processed(dst, self._delay())
+        delay = self._until_processed(dst, self._delay(), src)
         self.clock.callLater(delay, self._serve, src, dst, payload, on_reply, on_error)
 
     def _serve(
@@ -175,7 +189,7 @@ class SimNetwork:
         if reply is None:
             return
         self._count(dst, reply, stream=True)
-        delay = self._until_processed(src, self._delay())
+        delay = self._until_processed(src, self._delay(), dst)
         self.clock.callLater(delay, self._reply, src, dst, reply, on_reply, on_error)
 
     def _reply(
