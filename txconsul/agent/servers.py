@@ -11,7 +11,8 @@ configuration:
   voter; a single voter elects itself without waiting for anyone;
 - ``--bootstrap-expect N``: once N alive servers of this datacenter are in the
   LAN pool and none of them is in a cluster yet, all start with the same
-  sorted voter list;
+  sorted voter list; as in Consul, not while one of them publishes another
+  ``expect`` or is in bootstrap mode (an error is logged, once per member);
 - a server that finds another already in a cluster starts with no voters and
   waits for the leader to add it; with neither flag that is all a new server
   does (as in Consul);
@@ -79,6 +80,8 @@ class ServerInfo:
     address: str
     status: MemberStatus
     bootstrap: bool = False
+    #: its ``expect`` tag (``bootstrap_expect``), 0 when it has none
+    expect: int = 0
 
 
 class ClusterReconciler(Reconciler):
@@ -182,6 +185,7 @@ class Servers(MultiService):
         self._polls: list[LoopingCall] = []
         self._deciding = False
         self._was_leader = False
+        self._refusals_logged: set[tuple[str, str]] = set()
 
     # -- life cycle -----------------------------------------------------------------
 
@@ -403,9 +407,27 @@ class Servers(MultiService):
                     address,
                     member.status,
                     tags.get("bootstrap") == "1",
+                    int(tags.get("expect", "")) if tags.get("expect", "").isdigit() else 0,
                 )
             )
         return out
+
+    def _bootstrap_refusal(self, servers: list[ServerInfo]) -> tuple[str, str] | None:
+        """
+        Why ``bootstrap_expect`` must not form a cluster with ``servers`` (as
+        Consul's ``maybeBootstrap``): one of them expects another number of
+        servers, or is in bootstrap mode. A ``(member, reason)`` pair, or None.
+        """
+        expect = self._agent.config.bootstrap_expect
+        for server in sorted(servers, key=lambda s: s.name):
+            if server.expect and server.expect != expect:
+                return server.name, (
+                    f"it expects {server.expect} servers, this one {expect}:"
+                    " all servers should expect the same number"
+                )
+            if server.bootstrap:
+                return server.name, "it is in bootstrap mode: bootstrap_expect disabled"
+        return None
 
     def _tick(self) -> None:
         node = self.node
@@ -441,7 +463,20 @@ class Servers(MultiService):
                 self._start_node([])
                 return
         expect = self._agent.config.bootstrap_expect
-        if expect and len(servers) >= expect and self.node is None and self.running:
+        if not expect or self.node is not None or not self.running:
+            return
+        alive = [s for s in self.servers() if s.status == MemberStatus.ALIVE]
+        refusal = self._bootstrap_refusal([s for s in alive if s.address in servers])
+        if refusal is not None:
+            if refusal not in self._refusals_logged:
+                self._refusals_logged.add(refusal)  # once each, not every tick
+                self.log.error(
+                    "not bootstrapping: member {member} conflicts: {why}",
+                    member=refusal[0],
+                    why=refusal[1],
+                )
+            return
+        if len(servers) >= expect:
             self._start_node(sorted(servers))
 
     def _manage_voters(self, node: RaftNode) -> None:

@@ -14,6 +14,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.names import dns
 from twisted.plugin import getPlugins
+from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from txconsul import tap
@@ -312,6 +313,33 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(config.retry_join, ("127.0.0.4:8301",))
         self.assertEqual(config.ports["serf_lan"], 18301)
         self.assertTrue(config.ui)
+
+    def test_retry_join_flags_accumulate_after_the_config_files_list(self) -> None:
+        config_dir = self.mktemp()
+        os.mkdir(config_dir)
+        with open(os.path.join(config_dir, "a.json"), "w") as f:
+            json.dump({"retry_join": ["10.0.0.9"], "retry_interval": "2s"}, f)
+        options = Options()
+        options.parseOptions(
+            ["--dev", "--retry-join", "127.0.0.4:8301", "--retry-join", "example.invalid"]
+        )
+        assert options.config is not None
+        self.assertEqual(options.config.retry_join, ("127.0.0.4:8301", "example.invalid"))
+        self.assertEqual(options.config.join, ())  # not a --join
+        self.assertEqual(options.flags()["retry_join"], ["127.0.0.4:8301", "example.invalid"])
+        # as Consul's list flags, added to what the config files list
+        options = Options()
+        options.parseOptions(["--dev", "--config-dir", config_dir, "--retry-join", "127.0.0.5"])
+        assert options.config is not None
+        self.assertEqual(options.config.retry_join, ("10.0.0.9", "127.0.0.5"))
+        self.assertEqual(options.config.retry_interval, 2.0)
+
+    def test_a_bad_retry_join_address_is_a_usage_error(self) -> None:
+        for bad in ("127.0.0.1:port", " "):
+            options = Options()
+            with self.assertRaises(usage.UsageError) as caught:
+                options.parseOptions(["--dev", "--retry-join", bad])
+            self.assertIn("retry_join", str(caught.exception))
 
     def test_make_service_builds_an_agent_without_starting_it(self) -> None:
         options = Options()
