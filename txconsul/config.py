@@ -66,6 +66,9 @@ class AgentConfig:
     join: tuple[str, ...] = ()
     retry_join: tuple[str, ...] = ()
     retry_interval: float = 30.0
+    #: a server's WAN joins, retried every ``retry_interval_wan`` until one answers
+    retry_join_wan: tuple[str, ...] = ()
+    retry_interval_wan: float = 30.0
     #: rejoin the pools from the member snapshot even after a graceful leave
     rejoin_after_leave: bool = False
     #: Consul's ``gossip_lan`` / ``gossip_wan`` overrides, as memberlist settings.
@@ -283,13 +286,19 @@ def build(raw: Mapping[str, Any], what: str = "configuration") -> AgentConfig:
     kw["retry_join"] = tuple(
         _join_address(v, "retry_join", what) for v in raw.get("retry_join", [])
     )
-    if "retry_interval" in raw:
-        try:
-            kw["retry_interval"] = duration_value(raw["retry_interval"])
-        except BadRequest as e:
-            raise ConfigError(f"{what}: retry_interval: {e}") from None
-        if kw["retry_interval"] <= 0:
-            raise ConfigError(f"{what}: retry_interval must be positive")
+    kw["retry_join_wan"] = tuple(
+        _join_address(v, "retry_join_wan", what) for v in raw.get("retry_join_wan", [])
+    )
+    if kw["retry_join_wan"] and not kw.get("server"):
+        raise ConfigError(f"{what}: retry_join_wan needs server mode (only servers join the WAN)")
+    for key in ("retry_interval", "retry_interval_wan"):
+        if key in raw:
+            try:
+                kw[key] = duration_value(raw[key])
+            except BadRequest as e:
+                raise ConfigError(f"{what}: {key}: {e}") from None
+            if kw[key] <= 0:
+                raise ConfigError(f"{what}: {key} must be positive")
     for key in ("gossip_lan", "gossip_wan"):
         if key in raw:
             kw[key] = _gossip(_type(raw, key, dict, what), key, what)

@@ -83,6 +83,7 @@ class Options(usage.Options):
         self["config-dir"] = []
         self["join"] = []
         self["retry-join"] = []
+        self["retry-join-wan"] = []
         self.config: AgentConfig | None = None
 
     def opt_config_file(self, path: str) -> None:
@@ -100,6 +101,10 @@ class Options(usage.Options):
     def opt_retry_join(self, address: str) -> None:
         """Like --join, retried until it succeeds (repeatable)."""
         self["retry-join"].append(address)
+
+    def opt_retry_join_wan(self, address: str) -> None:
+        """A server's WAN pool member to join, retried until it succeeds (repeatable)."""
+        self["retry-join-wan"].append(address)
 
     def flags(self) -> dict[str, Any]:
         """The options given on the command line, as config-file keys."""
@@ -138,6 +143,8 @@ class Options(usage.Options):
             out["start_join"] = list(self["join"])
         if self["retry-join"]:
             out["retry_join"] = list(self["retry-join"])
+        if self["retry-join-wan"]:
+            out["retry_join_wan"] = list(self["retry-join-wan"])
         return out
 
     def postOptions(self) -> None:

@@ -507,6 +507,10 @@ class Membership(Service):
                 raise JoinFailed(f"start_join: none of {', '.join(c.join)} answered")
         if c.retry_join:
             self._background(self._retry_join(list(c.retry_join), c.retry_interval))
+        if c.retry_join_wan and self.wan is not None:
+            self._background(
+                self._retry_join(list(c.retry_join_wan), c.retry_interval_wan, wan=True)
+            )
 
     def _background(self, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` until it ends or the service stops."""
@@ -536,15 +540,18 @@ class Membership(Service):
                 return
         self.log.warn("could not rejoin any previously known {which} member", which=which)
 
-    async def _retry_join(self, addresses: list[str], interval: float) -> None:
+    async def _retry_join(self, addresses: list[str], interval: float, wan: bool = False) -> None:
+        """Join ``addresses`` every ``interval`` until one answers (``retry_join``, ``_wan``)."""
+        key = "retry_join_wan" if wan else "retry_join"
         attempt = 1
         while True:
-            n = await self.join(addresses)
+            n = await self.join(addresses, wan)
             if n:
-                self.log.info("retry_join succeeded after {n} attempts", n=attempt)
+                self.log.info("{key} succeeded after {n} attempts", key=key, n=attempt)
                 return
             self.log.warn(
-                "retry_join {addresses}: nobody answered, retrying in {interval}s",
+                "{key} {addresses}: nobody answered, retrying in {interval}s",
+                key=key,
                 addresses=addresses,
                 interval=interval,
             )

@@ -132,6 +132,8 @@ class WrongTypes(ConfigFiles):
             ("checks", None),
             ("start_join", [5]),
             ("retry_join", [""]),
+            ("retry_join_wan", "10.0.0.1"),
+            ("retry_join_wan", [5]),
         ):
             self.assertRefused({key: value}, "join" if key.endswith("join") else key)
 
@@ -187,6 +189,20 @@ class BootstrapModes(ConfigFiles):
         )
         self.assertIn("bootstrap needs server mode", str(error))
         self.assertRefused({"bootstrap": True, "bootstrap_expect": 3}, "mutually exclusive")
+
+    def test_retry_join_wan_is_for_servers_with_its_own_interval(self) -> None:
+        config = load(
+            {**self.SERVER, "retry_join_wan": ["10.0.0.1:8302"], "retry_interval_wan": "5s"}
+        )
+        self.assertEqual(
+            (config.retry_join_wan, config.retry_interval_wan), (("10.0.0.1:8302",), 5.0)
+        )
+        error = self.assertRaises(
+            ConfigError, load, {"node_name": "n", "data_dir": "/d", "retry_join_wan": ["10.0.0.1"]}
+        )
+        self.assertIn("retry_join_wan needs server mode", str(error))
+        self.assertRefused({"retry_interval_wan": "0s"}, "retry_interval_wan must be positive")
+        self.assertRefused({"retry_interval_wan": "soon"}, "retry_interval_wan")
 
     def test_servers_stay_voters_on_signals_and_clients_leave_as_in_consul(self) -> None:
         server = load(self.SERVER)
@@ -388,6 +404,7 @@ class TwistdOptions(ConfigFiles):
         self.assertUsageError(["--dev", "--dc", "dc/1"], "datacenter")
         self.assertUsageError(["--dev", "--log-level", "LOUD"], "log_level")
         self.assertUsageError(["--dev", "--join", "10.0.0.1:x"], "join")
+        self.assertUsageError(["--dev", "--retry-join-wan", "10.0.0.1:x"], "retry_join_wan")
 
     def test_unknown_option_and_missing_value(self) -> None:
         self.assertUsageError(["--dev", "--bogus"], "bogus")

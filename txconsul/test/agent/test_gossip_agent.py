@@ -383,6 +383,29 @@ class WANTests(GossipAgentTestCase):
         # the LAN pools stay apart
         self.assertEqual(set(await self.members(s1)), {"s1"})
 
+    async def test_retry_join_wan_joins_another_datacenter_once_it_comes_up(self) -> None:
+        """
+        ``retry_join_wan`` on a server: the first attempts find nobody (the
+        other datacenter's server is not up yet), a later one joins its WAN
+        pool; the LAN pools of the two datacenters stay apart.
+        """
+        port = free_port()
+        s2 = await self.agent(
+            "s2",
+            server=True,
+            datacenter="dc2",
+            retry_join_wan=[f"127.0.0.1:{port}"],
+            retry_interval_wan="100ms",
+        )
+        self.assertEqual(set(await self.members(s2, "?wan=1")), {"s2.dc2"})
+        await deferLater(reactor, 0.3, lambda: None)  # a few attempts fail first
+        s1 = await self.agent("s1", server=True, ports={"serf_wan": port})
+        both = {"s1.dc1": 1, "s2.dc2": 1}
+        for agent in (s1, s2):
+            await self.wait_for(functools.partial(self.has_statuses, agent, both, "?wan=1"))
+        self.assertEqual(set(await self.members(s1)), {"s1"})
+        self.assertEqual(set(await self.members(s2)), {"s2"})
+
     async def test_a_client_has_no_wan_pool(self) -> None:
         c1 = await self.agent("c1")
         self.assertEqual(await self.members(c1, "?wan=1"), {})
