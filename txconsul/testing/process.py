@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import sys
@@ -429,3 +430,45 @@ class ServerCluster:
             f"{now - s.started_at:.1f}s ago)\n{s.output()[-tail:]}"
             for s in self.servers + self.clients
         )
+
+
+def missing_netns_tools() -> list[str]:
+    """What a scenario in a private network namespace with nftables lacks here."""
+    missing = []
+    if os.geteuid() != 0:
+        missing.append("root")
+    for tool, package in (("unshare", "util-linux"), ("ip", "iproute2"), ("nft", "nftables")):
+        if shutil.which(tool) is None:
+            missing.append(f"{tool} (apt-get install {package})")
+    return missing
+
+
+async def run_in_netns(
+    reactor: Any, base: str, module: str, args: list[str], time_limit: float
+) -> tuple[dict[str, Any] | None, str]:
+    """
+    Run ``python -m module --base base --out base/result.json *args`` in a
+    network namespace of its own (``unshare -n``), killed after
+    ``time_limit`` seconds, and read the facts it wrote: ``(facts, output)``,
+    facts None when it failed (the output then says why).
+    """
+    out = os.path.join(base, "result.json")
+    unshare = shutil.which("unshare")
+    assert unshare is not None
+    argv = ["unshare", "-n", sys.executable, "-m", module, "--base", base, "--out", out, *args]
+    proto = AgentProcess()
+    reactor.spawnProcess(proto, unshare, argv, env=dict(os.environ), path=base)
+    timer = reactor.callLater(time_limit, proto.kill, signal.SIGKILL)
+    try:
+        code = await proto.ended
+    finally:
+        if timer.active():
+            timer.cancel()
+        if not proto.ended.called:  # the test gave up on it: stop it anyway
+            proto.kill(signal.SIGKILL)
+    output = proto.output.decode(errors="replace")
+    if code != 0 or not os.path.exists(out):
+        return None, f"exit {code}:\n{output[-6000:]}"
+    with open(out) as f:
+        facts: dict[str, Any] = json.load(f)
+    return facts, output

@@ -23,10 +23,7 @@ a cgroup v2 hierarchy under /sys/fs/cgroup; it skips naming what is missing.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import sys
 from typing import Any
 
 from twisted.internet import reactor  # noqa: TID251 (real-process test)
@@ -40,7 +37,7 @@ from txconsul.test.cluster.support import (
     verify_history,
 )
 from txconsul.testing.netpartition import FAULTS, Unsupported, cgroup2_mount
-from txconsul.testing.process import AgentProcess
+from txconsul.testing.process import missing_netns_tools, run_in_netns
 from txconsul.testing.register import history_from_json
 
 #: seconds the leader stays cut off
@@ -59,12 +56,7 @@ CHECK_READS = True
 
 
 def missing_requirements() -> list[str]:
-    missing = []
-    if os.geteuid() != 0:
-        missing.append("root")
-    for tool, package in (("unshare", "util-linux"), ("ip", "iproute2"), ("nft", "nftables")):
-        if shutil.which(tool) is None:
-            missing.append(f"{tool} (apt-get install {package})")
+    missing = missing_netns_tools()
     try:
         cgroup2_mount()
     except Unsupported as e:
@@ -115,33 +107,19 @@ class NetworkFaultTests(TestCase):
         seed = seed_from_env()
         base = os.path.abspath(self.mktemp())
         os.makedirs(base)
-        out = os.path.join(base, "result.json")
         report = Report("network-faults", seed, base)
-        argv = [
-            "unshare", "-n", sys.executable, "-m", "txconsul.testing.netpartition",
-            "--base", base, "--out", out, "--seed", str(seed),
+        args = [
+            "--seed", str(seed),
             "--faults", ",".join(FAULTS), "--rounds", str(max(round(scale()), 1)),
             "--isolate", str(ISOLATE), "--drop", str(DROP), "--one-way", str(ONE_WAY),
         ]  # fmt: skip
         if CHECK_READS:
-            argv.append("--reads")
-        proto = AgentProcess()
-        unshare = shutil.which("unshare")
-        assert unshare is not None
-        reactor.spawnProcess(proto, unshare, argv, env=dict(os.environ), path=base)
-        timer = reactor.callLater(self.timeout - 10, proto.kill, 9)
-
-        def cancel() -> None:
-            if timer.active():
-                timer.cancel()
-
-        self.addCleanup(cancel)
-        code = await proto.ended
-        output = proto.output.decode(errors="replace")
-        if code != 0 or not os.path.exists(out):
-            self.fail(f"scenario failed (exit {code}, TXCONSUL_SEED={seed}):\n{output[-6000:]}")
-        with open(out) as f:
-            facts = json.load(f)
+            args.append("--reads")
+        facts, output = await run_in_netns(
+            reactor, base, "txconsul.testing.netpartition", args, self.timeout - 10
+        )
+        if facts is None:
+            self.fail(f"scenario failed (TXCONSUL_SEED={seed}, {output})")
         report.lines.extend(facts["events"])
 
         history = history_from_json(facts["history"])

@@ -17,15 +17,12 @@ naming what is missing, and fails instead under ``CI=true``.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import sys
 
 from twisted.internet import reactor  # noqa: TID251 (real-process test)
 from twisted.trial.unittest import SkipTest, TestCase
 
-from txconsul.testing.process import AgentProcess
+from txconsul.testing.process import missing_netns_tools, run_in_netns
 
 #: FAULTS.md test 9's rate, at which nobody may be declared dead
 LOSS = 5
@@ -36,21 +33,11 @@ SECONDS = 20.0 * float(os.environ.get("TXCONSUL_FAULT_SCALE", "1"))
 SPREAD_LIMIT = 5.0
 
 
-def missing_requirements() -> list[str]:
-    missing = []
-    if os.geteuid() != 0:
-        missing.append("root")
-    for tool, package in (("unshare", "util-linux"), ("ip", "iproute2"), ("nft", "nftables")):
-        if shutil.which(tool) is None:
-            missing.append(f"{tool} (apt-get install {package})")
-    return missing
-
-
 class GossipLossTests(TestCase):
     timeout = 120 + 2 * SECONDS
 
     async def test_five_percent_loss_kills_nobody_and_joins_and_leaves_spread(self) -> None:
-        missing = missing_requirements()
+        missing = missing_netns_tools()
         if missing:
             reason = "needs " + ", ".join(missing)
             if os.environ.get("CI") == "true":
@@ -58,28 +45,12 @@ class GossipLossTests(TestCase):
             raise SkipTest(reason)
         base = os.path.abspath(self.mktemp())
         os.makedirs(base)
-        out = os.path.join(base, "result.json")
-        argv = [
-            "unshare", "-n", sys.executable, "-m", "txconsul.testing.gossiploss",
-            "--base", base, "--out", out, "--loss", str(LOSS), "--seconds", str(SECONDS),
-        ]  # fmt: skip
-        proto = AgentProcess()
-        unshare = shutil.which("unshare")
-        assert unshare is not None
-        reactor.spawnProcess(proto, unshare, argv, env=dict(os.environ), path=base)
-        timer = reactor.callLater(self.timeout - 10, proto.kill, 9)
-
-        def cancel() -> None:
-            if timer.active():
-                timer.cancel()
-
-        self.addCleanup(cancel)
-        code = await proto.ended
-        output = proto.output.decode(errors="replace")
-        if code != 0 or not os.path.exists(out):
-            self.fail(f"scenario failed (exit {code}):\n{output[-6000:]}")
-        with open(out) as f:
-            facts = json.load(f)
+        args = ["--loss", str(LOSS), "--seconds", str(SECONDS)]
+        facts, output = await run_in_netns(
+            reactor, base, "txconsul.testing.gossiploss", args, self.timeout - 10
+        )
+        if facts is None:
+            self.fail(f"scenario failed ({output})")
         [run] = facts["runs"]
         summary = (
             f"{LOSS} % loss for {SECONDS:g} s ({run['dropped']} gossip packets dropped): "
