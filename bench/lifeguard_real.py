@@ -18,6 +18,10 @@ probes wait, timers fire late, and the member's own failure detector sees
 timeouts that are its own fault. That is Lifeguard's "overloaded member"
 (the paper overloaded the VM with a CPU hog); loading the agent through its
 HTTP API instead would measure the HTTP server too, and serf has none.
+The 5 % is enforced per CFS period: at the default 100 ms period the stalls
+stay under the 500 ms probe timeout, so ``--period-us 1000000`` (50 ms of
+CPU a second, stalls up to 950 ms) is the harsher fault at the same share;
+``--hogs`` puts more busy loops beside each starved agent.
 
 Meanwhile every healthy agent's member list is read every 0.5 s (txconsul:
 ``/v1/agent/members``; serf: the ``members`` command of its msgpack RPC) and
@@ -190,8 +194,23 @@ async def starve(
     slow_pids: list[int],
     seconds: float,
     poll: Any,
+    request: Any,
+    load: int,
 ) -> tuple[Tally, list[float]]:
-    """Starve ``slow_pids`` for ``seconds`` while ``poll()`` feeds a Tally every POLL s."""
+    """
+    Starve ``slow_pids`` for ``seconds`` while ``poll()`` feeds a Tally every
+    POLL s, and ``load`` loops per starved agent call ``request(i)`` (its
+    member list through its local API) back to back.
+    """
+    stop = False
+
+    async def hammer(i: int) -> None:
+        while not stop:
+            try:
+                await request(i)
+            except Exception:  # noqa: BLE001 - a starved agent may time out
+                pass
+
     groups, busy = [], []
     for i, pid in enumerate(slow_pids):
         group = reaper.group(f"lgreal-{os.getpid()}-{label}-{i}")
@@ -203,6 +222,7 @@ async def starve(
             busy.append(loop)
         groups.append(group)
     cpu = [proc_cpu(pid) for pid in slow_pids]
+    loads = [defer.ensureDeferred(hammer(i)) for i in range(len(slow_pids)) for _ in range(load)]
     end = time.monotonic() + seconds
     tally: Tally | None = None
     while time.monotonic() < end:
@@ -210,6 +230,8 @@ async def starve(
         tally = await poll()
         await sleep(reactor, max(0.0, POLL - (time.monotonic() - step)))
     used = [proc_cpu(pid) - c for pid, c in zip(slow_pids, cpu, strict=True)]
+    stop = True
+    await defer.DeferredList(loads)
     for loop in busy:
         loop.kill(signal.SIGKILL)
     reaper.release()
@@ -220,14 +242,17 @@ async def starve(
 # -- txconsul -------------------------------------------------------------------------
 
 
-async def members_of(port: int) -> list[dict[str, Any]]:
-    code, body = await http_json("GET", f"http://127.0.0.1:{port}/v1/agent/members", timeout=2)
+async def members_of(port: int, timeout: float = 2) -> list[dict[str, Any]]:
+    url = f"http://127.0.0.1:{port}/v1/agent/members"
+    code, body = await http_json("GET", url, timeout=timeout)
     if code != 200 or not isinstance(body, list):
         raise RuntimeError(f"/v1/agent/members: {code} {body!r}")
     return body
 
 
-async def txconsul_side(reactor: Any, reaper: Reaper, workdir: str, seconds: float) -> Tally:
+async def txconsul_side(
+    reactor: Any, reaper: Reaper, workdir: str, seconds: float, load: int
+) -> Tally:
     agents: list[AgentProcess] = []
 
     async def up(proto: AgentProcess) -> int:
@@ -286,7 +311,21 @@ async def txconsul_side(reactor: Any, reaper: Reaper, workdir: str, seconds: flo
     print(f"txconsul: all alive; starving tx-18, tx-19 for {seconds:.0f} s", flush=True)
     pids = [a.pid for a in agents[N - SLOW :]]
     assert all(pid is not None for pid in pids)
-    tally, used = await starve(reactor, reaper, "tx", pids, seconds, poll)  # type: ignore[arg-type]
+    slow_ports = ports[N - SLOW :]
+
+    async def request(i: int) -> None:
+        await members_of(slow_ports[i], timeout=10)
+
+    tally, used = await starve(
+        reactor,
+        reaper,
+        "tx",
+        pids,
+        seconds,
+        poll,
+        request,
+        load,  # type: ignore[arg-type]
+    )
     print(f"  txconsul: {tally.show()}; starved agents' CPU: {fmt_cpu(used, seconds)}", flush=True)
     return tally
 
@@ -313,7 +352,7 @@ def fmt_cpu(used: list[float], seconds: float) -> str:
 # -- serf -----------------------------------------------------------------------------
 
 
-async def serf_side(reactor: Any, reaper: Reaper, serf: str, seconds: float) -> Tally:
+async def serf_side(reactor: Any, reaper: Reaper, serf: str, seconds: float, load: int) -> Tally:
     procs: list[SerfProcess] = []
     rpcs: list[SerfRPC] = []
     try:
@@ -365,7 +404,11 @@ async def serf_side(reactor: Any, reaper: Reaper, serf: str, seconds: float) -> 
         await poll()
         print(f"serf: all alive; starving serf-18, serf-19 for {seconds:.0f} s", flush=True)
         pids = [p.transport.pid for p in procs[N - SLOW :] if p.transport is not None]
-        tally, used = await starve(reactor, reaper, "serf", pids, seconds, poll)
+
+        async def request(i: int) -> None:
+            await rpcs[N - SLOW + i].call("members", None, has_reply=True)
+
+        tally, used = await starve(reactor, reaper, "serf", pids, seconds, poll, request, load)
         print(f"  serf: {tally.show()}; starved agents' CPU: {fmt_cpu(used, seconds)}", flush=True)
         return tally
     finally:
@@ -385,6 +428,13 @@ async def main(reactor: Any, argv: list[str]) -> None:
         "period means longer stalls at the same share (default %(default)s)",
     )
     parser.add_argument(
+        "--load",
+        type=int,
+        default=4,
+        help="member-list requests kept in flight to each starved agent through its own "
+        "API (txconsul HTTP, serf RPC), so that it wants more CPU than it gets (default 4)",
+    )
+    parser.add_argument(
         "--hogs", type=int, default=1, help="busy loops beside each starved agent (default 1)"
     )
     args = parser.parse_args(argv)
@@ -402,17 +452,18 @@ async def main(reactor: Any, argv: list[str]) -> None:
     try:
         print(
             f"{N} agents per side, {SLOW} starved ({reaper.quota_us}/{reaper.period_us} us CPU "
-            f"quota, {reaper.hogs} busy loop(s) beside each) for {args.seconds:.0f} s; member lists polled every "
+            f"quota, {reaper.hogs} busy loop(s) beside each, {args.load} "
+            f"member-list requests in flight to each) for {args.seconds:.0f} s; member lists polled every "
             f"{POLL} s on the {N - SLOW} healthy agents",
             flush=True,
         )
         with tempfile.TemporaryDirectory(prefix="lgreal-") as workdir:
             try:
-                ours = await txconsul_side(reactor, reaper, workdir, args.seconds)
+                ours = await txconsul_side(reactor, reaper, workdir, args.seconds, args.load)
             finally:
                 await reaper.stop()
         try:
-            theirs = await serf_side(reactor, reaper, serf, args.seconds)
+            theirs = await serf_side(reactor, reaper, serf, args.seconds, args.load)
         finally:
             await reaper.stop()
     finally:
