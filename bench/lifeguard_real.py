@@ -10,18 +10,20 @@ one pool: ``twistd -n txconsul`` client agents (one process each), then
 (not the seed) are starved for ``--seconds``: each is put in a cgroup v1
 ``cpu`` group of its own with ``cpu.cfs_quota_us=5000`` per
 ``cpu.cfs_period_us=100000`` (5 % of one CPU), together with a busy-loop
-child (``python -c "while True: pass"``) in the same group. The quota alone
-does not slow an idle agent (gossip needs far less than 5 %); the busy loop
-wants the whole CPU, so the scheduler splits the 5 % between the two and the
-agent runs in short slices with up to ~95 ms stalls between them: incoming
-probes wait, timers fire late, and the member's own failure detector sees
-timeouts that are its own fault. That is Lifeguard's "overloaded member"
-(the paper overloaded the VM with a CPU hog); loading the agent through its
-HTTP API instead would measure the HTTP server too, and serf has none.
-The 5 % is enforced per CFS period: at the default 100 ms period the stalls
-stay under the 500 ms probe timeout, so ``--period-us 1000000`` (50 ms of
-CPU a second, stalls up to 950 ms) is the harsher fault at the same share;
-``--hogs`` puts more busy loops beside each starved agent.
+child (``python -c "while True: pass"``) that takes half of it. The quota
+alone does not overload an idle agent: gossip at this size needs about
+0.3 % of a CPU, which it gets at once when it wakes, so the stalls stay
+under the CFS period. So the bench also keeps each starved agent busy
+through its own API, ``--load`` (default 4) member-list requests in flight
+back to back (txconsul: ``GET /v1/agent/members``; serf: the ``members``
+command of its RPC, the like-for-like local API): the agent then wants more
+CPU than it gets, incoming probes queue behind that work and its own timers
+fire late, which is Lifeguard's "overloaded member" (the paper overloaded
+the VM with a CPU hog). The CPU seconds each starved agent used are printed
+(about 2.5 % of a CPU with the default load: its whole share). The 5 % is
+enforced per CFS period: ``--period-us 1000000`` (50 ms of CPU a second,
+stalls up to 950 ms, beyond the 500 ms probe timeout) is the harsher fault at
+the same share, and ``--hogs`` puts more busy loops beside each agent.
 
 Meanwhile every healthy agent's member list is read every 0.5 s (txconsul:
 ``/v1/agent/members``; serf: the ``members`` command of its msgpack RPC) and
