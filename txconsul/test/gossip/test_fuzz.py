@@ -55,7 +55,7 @@ from txconsul.gossip.messages import (
 )
 from txconsul.gossip.wire import MalformedPacket
 
-EXAMPLES = 600 if os.environ.get("CI") else 150
+EXAMPLES = 2000 if os.environ.get("CI") else 150
 HANG = 1.0  # CPU seconds one example may take
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 17))
