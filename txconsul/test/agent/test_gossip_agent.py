@@ -595,18 +595,24 @@ class EncryptionTests(GossipAgentTestCase):
         c1 = await self.agent("c1", encrypt=OTHER_KEY, start_join=[lan(s1)])
         self.assertEqual(set(await self.members(c1)), {"s1", "c1"})
 
-    async def lan_keys(self, agent: Agent, query: str = "") -> dict[str, Any]:
-        code, pools = await self.http(agent, "GET", "/v1/operator/keyring" + query)
-        self.assertEqual(code, 200, pools)
-        return next(p for p in pools if not p["WAN"])
-
-    async def test_keyring_changes_reach_every_member_and_survive_a_restart(self) -> None:
+    async def keyed_pool(self) -> tuple[Agent, Agent, Agent]:
+        """A server and two clients sharing KEY, once each lists all three alive."""
         s1 = await self.agent("s1", server=True, encrypt=KEY)
         c1 = await self.agent("c1", encrypt=KEY, start_join=[lan(s1)])
         c2 = await self.agent("c2", encrypt=KEY, start_join=[lan(s1)])
         everyone = {"s1": 1, "c1": 1, "c2": 1}
         for agent in (s1, c1, c2):
             await self.wait_for(functools.partial(self.has_statuses, agent, everyone))
+        return s1, c1, c2
+
+    async def lan_keys(self, agent: Agent, query: str = "") -> dict[str, Any]:
+        code, pools = await self.http(agent, "GET", "/v1/operator/keyring" + query)
+        self.assertEqual(code, 200, pools)
+        return next(p for p in pools if not p["WAN"])
+
+    async def test_keyring_changes_reach_every_member_and_survive_a_restart(self) -> None:
+        s1, c1, c2 = await self.keyed_pool()
+        everyone = {"s1": 1, "c1": 1, "c2": 1}
         other = json.dumps({"Key": OTHER_KEY}).encode()
         self.assertEqual(await self.http(c1, "POST", "/v1/operator/keyring", other), (200, ""))
         listing = await self.lan_keys(c2)
@@ -651,12 +657,7 @@ class EncryptionTests(GossipAgentTestCase):
         await self.wait_for(functools.partial(self.has_statuses, c2, everyone))
 
     async def test_relay_factor_sends_every_answer_through_other_members(self) -> None:
-        s1 = await self.agent("s1", server=True, encrypt=KEY)
-        c1 = await self.agent("c1", encrypt=KEY, start_join=[lan(s1)])
-        c2 = await self.agent("c2", encrypt=KEY, start_join=[lan(s1)])
-        everyone = {"s1": 1, "c1": 1, "c2": 1}
-        for agent in (s1, c1, c2):
-            await self.wait_for(functools.partial(self.has_statuses, agent, everyone))
+        s1, c1, c2 = await self.keyed_pool()
         agents = (s1, c1, c2)
 
         def serfs() -> list[Any]:

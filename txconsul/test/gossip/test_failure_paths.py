@@ -19,16 +19,8 @@ from txconsul.gossip.adapter import GossipNode, GossipPool
 from txconsul.gossip.memberlist import GossipConfig
 from txconsul.gossip.serf import MemberStatus, Serf, SerfConfig
 from txconsul.gossip.states import MemberState
+from txconsul.test.gossip.test_adapter import FAST
 from txconsul.testing.polling import poll_until
-
-FAST = GossipConfig(
-    probe_interval=0.2,
-    probe_timeout=0.1,
-    gossip_interval=0.05,
-    push_pull_interval=2.0,
-    suspicion_mult=3,
-    tcp_timeout=2.0,
-)
 
 
 class FailurePathTests(TestCase):
